@@ -36,34 +36,31 @@ impl Member {
     /// Parses a member as a user writes it.
     pub fn parse(value: &str) -> Result<Member, Invalid> {
         let field = "bindings.members";
-        let hint = "members are `allUsers`, `allAuthenticatedUsers`, `user:EMAIL`, `group:EMAIL` or `serviceAccount:EMAIL`";
+        let hint =
+            "members are `allUsers`, `allAuthenticatedUsers`, `user:EMAIL`, `group:EMAIL` or `serviceAccount:EMAIL`";
         match value {
             "allUsers" => return Ok(Member::AllUsers),
             "allAuthenticatedUsers" => return Ok(Member::AllAuthenticatedUsers),
             _ => {}
         }
         let Some((kind, rest)) = value.split_once(':') else {
-            return Err(Invalid::new(
-                field,
-                format!("member `{value}` has no type; {hint}"),
-            ));
+            return Err(Invalid::new(field, format!("member `{value}` has no type; {hint}")));
         };
         if kind == "deleted" {
-            let (inner_kind, inner) = rest
-                .split_once(':')
-                .ok_or_else(|| Invalid::new(field, format!("member `{value}` is not a deleted principal of the form `deleted:serviceAccount:EMAIL?uid=ID`")))?;
-            let (email, uid) = inner.split_once("?uid=").ok_or_else(|| {
+            let (inner_kind, inner) = rest.split_once(':').ok_or_else(|| {
                 Invalid::new(
                     field,
-                    format!("member `{value}` is missing its `?uid=` part"),
+                    format!(
+                        "member `{value}` is not a deleted principal of the form `deleted:serviceAccount:EMAIL?uid=ID`"
+                    ),
                 )
             })?;
+            let (email, uid) = inner
+                .split_once("?uid=")
+                .ok_or_else(|| Invalid::new(field, format!("member `{value}` is missing its `?uid=` part")))?;
             check_email(field, value, email)?;
             if uid.is_empty() || !uid.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(Invalid::new(
-                    field,
-                    format!("member `{value}` has a uid that is not a number"),
-                ));
+                return Err(Invalid::new(field, format!("member `{value}` has a uid that is not a number")));
             }
             return Ok(Member::Deleted {
                 kind: inner_kind.to_string(),
@@ -80,10 +77,7 @@ impl Member {
                 ));
             }
             _ => {
-                return Err(Invalid::new(
-                    field,
-                    format!("member type `{kind}` in `{value}` is unknown; {hint}"),
-                ));
+                return Err(Invalid::new(field, format!("member type `{kind}` in `{value}` is unknown; {hint}")));
             }
         }
         let (email, uid) = match rest.split_once("?uid=") {
@@ -96,20 +90,14 @@ impl Member {
             ("user", None) => Ok(Member::User(email)),
             ("group", None) => Ok(Member::Group(email)),
             ("serviceAccount", uid) => Ok(Member::ServiceAccount { email, uid }),
-            _ => Err(Invalid::new(
-                field,
-                format!("member `{value}`: only service accounts carry a `?uid=`"),
-            )),
+            _ => Err(Invalid::new(field, format!("member `{value}`: only service accounts carry a `?uid=`"))),
         }
     }
 
     /// The stored form: service accounts always carry their uid.
     pub fn stored(&self) -> String {
         match self {
-            Member::ServiceAccount {
-                email,
-                uid: Some(uid),
-            } => format!("serviceAccount:{email}?uid={uid}"),
+            Member::ServiceAccount { email, uid: Some(uid) } => format!("serviceAccount:{email}?uid={uid}"),
             other => other.to_string(),
         }
     }
@@ -117,10 +105,7 @@ impl Member {
     /// The form shown to users, given the uid the account with this email has now (if any).
     pub fn shown(&self, current_uid: impl Fn(&str) -> Option<String>) -> String {
         match self {
-            Member::ServiceAccount {
-                email,
-                uid: Some(uid),
-            } if current_uid(email).as_deref() != Some(uid.as_str()) => {
+            Member::ServiceAccount { email, uid: Some(uid) } if current_uid(email).as_deref() != Some(uid.as_str()) => {
                 format!("deleted:serviceAccount:{email}?uid={uid}")
             }
             other => other.to_string(),
@@ -148,9 +133,7 @@ fn check_email(field: &str, member: &str, email: &str) -> Result<(), Invalid> {
                 && domain.contains('.')
                 && !domain.starts_with('.')
                 && !domain.ends_with('.')
-                && email
-                    .bytes()
-                    .all(|b| b.is_ascii_graphic() && b != b'?' && b != b':' && b != b'/')
+                && email.bytes().all(|b| b.is_ascii_graphic() && b != b'?' && b != b':' && b != b'/')
                 && email.matches('@').count() == 1
         }
         None => false,
@@ -158,10 +141,7 @@ fn check_email(field: &str, member: &str, email: &str) -> Result<(), Invalid> {
     if ok {
         Ok(())
     } else {
-        Err(Invalid::new(
-            field,
-            format!("member `{member}` does not contain a valid email address"),
-        ))
+        Err(Invalid::new(field, format!("member `{member}` does not contain a valid email address")))
     }
 }
 
@@ -182,15 +162,9 @@ pub struct Policy {
 impl Policy {
     /// Parsed members of every binding, skipping (never matching) any that fails to parse.
     pub fn parsed_bindings(&self) -> impl Iterator<Item = (&str, Vec<Member>)> {
-        self.bindings.iter().map(|b| {
-            (
-                b.role.as_str(),
-                b.members
-                    .iter()
-                    .filter_map(|m| Member::parse(m).ok())
-                    .collect(),
-            )
-        })
+        self.bindings
+            .iter()
+            .map(|b| (b.role.as_str(), b.members.iter().filter_map(|m| Member::parse(m).ok()).collect()))
     }
 
     /// Adds a member to a role, keeping bindings sorted and free of duplicates.
@@ -204,10 +178,7 @@ impl Policy {
                 }
             }
             None => {
-                self.bindings.push(Binding {
-                    role: role.to_string(),
-                    members: vec![stored],
-                });
+                self.bindings.push(Binding { role: role.to_string(), members: vec![stored] });
                 self.bindings.sort_by(|a, b| a.role.cmp(&b.role));
             }
         }
@@ -215,17 +186,11 @@ impl Policy {
 
     /// Removes a member (matched by what is shown to the user) from a role; returns whether it
     /// was there.
-    pub fn remove(
-        &mut self,
-        role: &str,
-        shown_member: &str,
-        shown: impl Fn(&str) -> String,
-    ) -> bool {
+    pub fn remove(&mut self, role: &str, shown_member: &str, shown: impl Fn(&str) -> String) -> bool {
         let mut removed = false;
         for b in self.bindings.iter_mut().filter(|b| b.role == role) {
             let before = b.members.len();
-            b.members
-                .retain(|m| shown(m) != shown_member && m != shown_member);
+            b.members.retain(|m| shown(m) != shown_member && m != shown_member);
             removed |= b.members.len() != before;
         }
         self.bindings.retain(|b| !b.members.is_empty());
@@ -290,11 +255,7 @@ impl WirePolicy {
                     "a binding has no role; name one, such as `roles/run.invoker`",
                 ));
             }
-            let members = b
-                .members
-                .iter()
-                .map(|m| Member::parse(m))
-                .collect::<Result<Vec<_>, _>>()?;
+            let members = b.members.iter().map(|m| Member::parse(m)).collect::<Result<Vec<_>, _>>()?;
             out.push((b.role.clone(), members));
         }
         Ok(out)
@@ -310,20 +271,11 @@ mod tests {
         let ok: &[(&str, Member)] = &[
             ("allUsers", Member::AllUsers),
             ("allAuthenticatedUsers", Member::AllAuthenticatedUsers),
-            (
-                "user:Alice@Example.com",
-                Member::User("alice@example.com".into()),
-            ),
-            (
-                "group:devs@example.com",
-                Member::Group("devs@example.com".into()),
-            ),
+            ("user:Alice@Example.com", Member::User("alice@example.com".into())),
+            ("group:devs@example.com", Member::Group("devs@example.com".into())),
             (
                 "serviceAccount:caller@p.iam.gserviceaccount.com",
-                Member::ServiceAccount {
-                    email: "caller@p.iam.gserviceaccount.com".into(),
-                    uid: None,
-                },
+                Member::ServiceAccount { email: "caller@p.iam.gserviceaccount.com".into(), uid: None },
             ),
             (
                 "deleted:serviceAccount:caller@p.iam.gserviceaccount.com?uid=123",
@@ -342,10 +294,7 @@ mod tests {
                 "alice@example.com",
                 "bindings.members: member `alice@example.com` has no type; members are `allUsers`, `allAuthenticatedUsers`, `user:EMAIL`, `group:EMAIL` or `serviceAccount:EMAIL`",
             ),
-            (
-                "user:alice",
-                "bindings.members: member `user:alice` does not contain a valid email address",
-            ),
+            ("user:alice", "bindings.members: member `user:alice` does not contain a valid email address"),
             (
                 "robot:x@y.com",
                 "bindings.members: member type `robot` in `robot:x@y.com` is unknown; members are `allUsers`, `allAuthenticatedUsers`, `user:EMAIL`, `group:EMAIL` or `serviceAccount:EMAIL`",
@@ -364,36 +313,17 @@ mod tests {
             ),
         ];
         for (text, want) in bad {
-            assert_eq!(
-                Member::parse(text).err().map(|e| e.to_string()).as_deref(),
-                Some(*want),
-                "{text}"
-            );
+            assert_eq!(Member::parse(text).err().map(|e| e.to_string()).as_deref(), Some(*want), "{text}");
         }
     }
 
     #[test]
     fn recreated_account_shows_as_deleted() {
-        let m = Member::ServiceAccount {
-            email: "a@p.iam.gserviceaccount.com".into(),
-            uid: Some("111".into()),
-        };
-        assert_eq!(
-            m.stored(),
-            "serviceAccount:a@p.iam.gserviceaccount.com?uid=111"
-        );
-        assert_eq!(
-            m.shown(|_| Some("111".into())),
-            "serviceAccount:a@p.iam.gserviceaccount.com"
-        );
-        assert_eq!(
-            m.shown(|_| Some("222".into())),
-            "deleted:serviceAccount:a@p.iam.gserviceaccount.com?uid=111"
-        );
-        assert_eq!(
-            m.shown(|_| None),
-            "deleted:serviceAccount:a@p.iam.gserviceaccount.com?uid=111"
-        );
+        let m = Member::ServiceAccount { email: "a@p.iam.gserviceaccount.com".into(), uid: Some("111".into()) };
+        assert_eq!(m.stored(), "serviceAccount:a@p.iam.gserviceaccount.com?uid=111");
+        assert_eq!(m.shown(|_| Some("111".into())), "serviceAccount:a@p.iam.gserviceaccount.com");
+        assert_eq!(m.shown(|_| Some("222".into())), "deleted:serviceAccount:a@p.iam.gserviceaccount.com?uid=111");
+        assert_eq!(m.shown(|_| None), "deleted:serviceAccount:a@p.iam.gserviceaccount.com?uid=111");
     }
 
     #[test]
@@ -405,9 +335,7 @@ mod tests {
         .unwrap_or_default();
         let err = p.parse().err().map(|e| e.to_string()).unwrap_or_default();
         assert!(
-            err.starts_with(
-                "policy.bindings.condition: the binding for `roles/run.invoker` has a condition"
-            ),
+            err.starts_with("policy.bindings.condition: the binding for `roles/run.invoker` has a condition"),
             "{err}"
         );
     }
@@ -421,18 +349,9 @@ mod tests {
         p.add("roles/owner", &alice);
         assert_eq!(p.bindings.len(), 2);
         assert_eq!(p.bindings[0].role, "roles/owner");
-        assert_eq!(
-            p.bindings[1].members,
-            vec!["user:alice@example.com".to_string()]
-        );
-        assert!(
-            p.remove("roles/run.invoker", "user:alice@example.com", |m| m
-                .to_string())
-        );
-        assert!(
-            !p.remove("roles/run.invoker", "user:alice@example.com", |m| m
-                .to_string())
-        );
+        assert_eq!(p.bindings[1].members, vec!["user:alice@example.com".to_string()]);
+        assert!(p.remove("roles/run.invoker", "user:alice@example.com", |m| m.to_string()));
+        assert!(!p.remove("roles/run.invoker", "user:alice@example.com", |m| m.to_string()));
         assert_eq!(p.bindings.len(), 1);
     }
 }

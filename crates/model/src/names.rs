@@ -3,48 +3,26 @@
 use crate::Invalid;
 
 fn is_lower_alnum_hyphen(s: &str) -> bool {
-    s.bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
 /// The shape every rule below shares: lowercase letters, digits and hyphens, starting with a
 /// letter and not ending with a hyphen, with a length window.
-fn check_dns_label(
-    field: &str,
-    kind: &str,
-    value: &str,
-    min: usize,
-    max: usize,
-) -> Result<(), Invalid> {
+fn check_dns_label(field: &str, kind: &str, value: &str, min: usize, max: usize) -> Result<(), Invalid> {
     let fix = format!(
         "a {kind} name uses lowercase letters, digits and hyphens, starts with a letter, does not end with a hyphen and has {min} to {max} characters"
     );
     if value.len() < min || value.len() > max {
-        return Err(Invalid::new(
-            field,
-            format!(
-                "{kind} name `{value}` has {} characters; {fix}",
-                value.len()
-            ),
-        ));
+        return Err(Invalid::new(field, format!("{kind} name `{value}` has {} characters; {fix}", value.len())));
     }
     if !is_lower_alnum_hyphen(value) {
-        return Err(Invalid::new(
-            field,
-            format!("{kind} name `{value}` has a character that is not allowed; {fix}"),
-        ));
+        return Err(Invalid::new(field, format!("{kind} name `{value}` has a character that is not allowed; {fix}")));
     }
     if !value.starts_with(|c: char| c.is_ascii_lowercase()) {
-        return Err(Invalid::new(
-            field,
-            format!("{kind} name `{value}` does not start with a letter; {fix}"),
-        ));
+        return Err(Invalid::new(field, format!("{kind} name `{value}` does not start with a letter; {fix}")));
     }
     if value.ends_with('-') {
-        return Err(Invalid::new(
-            field,
-            format!("{kind} name `{value}` ends with a hyphen; {fix}"),
-        ));
+        return Err(Invalid::new(field, format!("{kind} name `{value}` ends with a hyphen; {fix}")));
     }
     Ok(())
 }
@@ -151,14 +129,8 @@ mod tests {
             ("caller-", "ends with a hyphen"),
             ("caller.sa", "character that is not allowed"),
         ] {
-            let err = account_id(bad)
-                .err()
-                .map(|e| e.to_string())
-                .unwrap_or_default();
-            assert!(
-                err.starts_with("accountId: service account name"),
-                "{bad}: {err}"
-            );
+            let err = account_id(bad).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(err.starts_with("accountId: service account name"), "{bad}: {err}");
             assert!(err.contains(why), "{bad}: {err}");
         }
     }
@@ -166,14 +138,8 @@ mod tests {
     #[test]
     fn connector_names_are_shorter_than_21() {
         assert_eq!(connector(&"c".repeat(20)), Ok(()));
-        let err = connector(&"c".repeat(21))
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
-        assert!(
-            err.contains("has 21 characters") && err.contains("1 to 20 characters"),
-            "{err}"
-        );
+        let err = connector(&"c".repeat(21)).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("has 21 characters") && err.contains("1 to 20 characters"), "{err}");
         assert!(connector("Conn").is_err());
     }
 }

@@ -84,12 +84,7 @@ pub struct PlacedRange {
 }
 
 /// Refuses `range` when it overlaps a range already placed in the same network.
-pub fn check_no_overlap(
-    field: &str,
-    range: &Ipv4Net,
-    network: &str,
-    placed: &[PlacedRange],
-) -> Result<(), Invalid> {
+pub fn check_no_overlap(field: &str, range: &Ipv4Net, network: &str, placed: &[PlacedRange]) -> Result<(), Invalid> {
     match placed.iter().find(|p| ranges::overlaps(range, &p.range)) {
         Some(p) => Err(Invalid::new(
             field,
@@ -183,19 +178,13 @@ impl Connector {
         if !(2..=9).contains(&self.min_instances) {
             return Err(Invalid::new(
                 "minInstances",
-                format!(
-                    "min instances `{}` is not between 2 and 9",
-                    self.min_instances
-                ),
+                format!("min instances `{}` is not between 2 and 9", self.min_instances),
             ));
         }
         if !(3..=10).contains(&self.max_instances) {
             return Err(Invalid::new(
                 "maxInstances",
-                format!(
-                    "max instances `{}` is not between 3 and 10",
-                    self.max_instances
-                ),
+                format!("max instances `{}` is not between 3 and 10", self.max_instances),
             ));
         }
         if self.max_instances <= self.min_instances {
@@ -210,10 +199,7 @@ impl Connector {
         if !MACHINE_TYPES.contains(&self.machine_type.as_str()) {
             return Err(Invalid::new(
                 "machineType",
-                format!(
-                    "machine type `{}` is not one of `e2-micro`, `f1-micro`, `e2-standard-4`",
-                    self.machine_type
-                ),
+                format!("machine type `{}` is not one of `e2-micro`, `f1-micro`, `e2-standard-4`", self.machine_type),
             ));
         }
         match (&self.subnet, self.ip_cidr_range.is_empty()) {
@@ -225,10 +211,9 @@ impl Connector {
                 "ipCidrRange",
                 "the connector has neither an IP range nor a subnet; give `--network` with `--range=10.8.0.0/28`, or `--subnet` for an existing /28 subnet",
             )),
-            (None, false) if self.network.is_empty() => Err(Invalid::new(
-                "network",
-                "a connector created with an IP range needs a network; give `--network`",
-            )),
+            (None, false) if self.network.is_empty() => {
+                Err(Invalid::new("network", "a connector created with an IP range needs a network; give `--network`"))
+            }
             _ => Ok(()),
         }
     }
@@ -262,21 +247,14 @@ mod tests {
     use super::*;
 
     fn connector() -> Connector {
-        Connector {
-            network: "default".into(),
-            ip_cidr_range: "10.8.0.0/28".into(),
-            ..Default::default()
-        }
-        .with_defaults()
+        Connector { network: "default".into(), ip_cidr_range: "10.8.0.0/28".into(), ..Default::default() }
+            .with_defaults()
     }
 
     #[test]
     fn connector_defaults() {
         let c = connector();
-        assert_eq!(
-            (c.min_instances, c.max_instances, c.machine_type.as_str()),
-            (2, 10, "e2-micro")
-        );
+        assert_eq!((c.min_instances, c.max_instances, c.machine_type.as_str()), (2, 10, "e2-micro"));
         assert_eq!((c.min_throughput, c.max_throughput), (200, 1000));
         assert_eq!(c.validate("conn"), Ok(()));
     }
@@ -285,26 +263,10 @@ mod tests {
     fn connector_rules() {
         type Edit = fn(&mut Connector);
         let cases: &[(&str, Edit, &str)] = &[
-            (
-                "min 1",
-                |c| c.min_instances = 1,
-                "minInstances: min instances `1` is not between 2 and 9",
-            ),
-            (
-                "min 10",
-                |c| c.min_instances = 10,
-                "minInstances: min instances `10` is not between 2 and 9",
-            ),
-            (
-                "max 2",
-                |c| c.max_instances = 2,
-                "maxInstances: max instances `2` is not between 3 and 10",
-            ),
-            (
-                "max 11",
-                |c| c.max_instances = 11,
-                "maxInstances: max instances `11` is not between 3 and 10",
-            ),
+            ("min 1", |c| c.min_instances = 1, "minInstances: min instances `1` is not between 2 and 9"),
+            ("min 10", |c| c.min_instances = 10, "minInstances: min instances `10` is not between 2 and 9"),
+            ("max 2", |c| c.max_instances = 2, "maxInstances: max instances `2` is not between 3 and 10"),
+            ("max 11", |c| c.max_instances = 11, "maxInstances: max instances `11` is not between 3 and 10"),
             (
                 "max = min",
                 |c| {
@@ -320,54 +282,27 @@ mod tests {
             ),
             (
                 "both",
-                |c| {
-                    c.subnet = Some(ConnectorSubnet {
-                        name: "s".into(),
-                        ..Default::default()
-                    })
-                },
+                |c| c.subnet = Some(ConnectorSubnet { name: "s".into(), ..Default::default() }),
                 "subnet: the connector names both a subnet and an IP range",
             ),
-            (
-                "neither",
-                |c| c.ip_cidr_range.clear(),
-                "ipCidrRange: the connector has neither an IP range nor a subnet",
-            ),
-            (
-                "no network",
-                |c| c.network.clear(),
-                "network: a connector created with an IP range needs a network",
-            ),
+            ("neither", |c| c.ip_cidr_range.clear(), "ipCidrRange: the connector has neither an IP range nor a subnet"),
+            ("no network", |c| c.network.clear(), "network: a connector created with an IP range needs a network"),
         ];
         for (what, edit, want) in cases {
             let mut c = connector();
             edit(&mut c);
-            let got = c
-                .validate("conn")
-                .err()
-                .map(|e| e.to_string())
-                .unwrap_or_default();
+            let got = c.validate("conn").err().map(|e| e.to_string()).unwrap_or_default();
             assert!(got.starts_with(want), "{what}: {got}");
         }
-        let got = connector()
-            .validate("a-connector-name-too-long")
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
+        let got = connector().validate("a-connector-name-too-long").err().map(|e| e.to_string()).unwrap_or_default();
         assert!(got.contains("has 25 characters"), "{got}");
     }
 
     #[test]
     fn ranges_in_a_network_do_not_overlap() {
-        let placed = vec![PlacedRange {
-            holder: "subnet `s1`".into(),
-            range: "10.8.0.0/24".parse().unwrap_or_default(),
-        }];
-        let got = connector()
-            .validate_range(&placed)
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
+        let placed =
+            vec![PlacedRange { holder: "subnet `s1`".into(), range: "10.8.0.0/24".parse().unwrap_or_default() }];
+        let got = connector().validate_range(&placed).err().map(|e| e.to_string()).unwrap_or_default();
         assert_eq!(
             got,
             "ipCidrRange: `10.8.0.0/28` overlaps `10.8.0.0/24` of subnet `s1` in network `default`; ranges in one network must not overlap, pick a free range"
@@ -379,22 +314,12 @@ mod tests {
 
     #[test]
     fn subnets() {
-        let s = Subnetwork {
-            name: "s1".into(),
-            ip_cidr_range: "10.0.0.0/24".into(),
-            ..Default::default()
-        };
+        let s = Subnetwork { name: "s1".into(), ip_cidr_range: "10.0.0.0/24".into(), ..Default::default() };
         assert!(s.validate("n", &[]).is_ok());
-        let placed = vec![PlacedRange {
-            holder: "connector `c`".into(),
-            range: "10.0.0.16/28".parse().unwrap_or_default(),
-        }];
+        let placed =
+            vec![PlacedRange { holder: "connector `c`".into(), range: "10.0.0.16/28".parse().unwrap_or_default() }];
         assert!(s.validate("n", &placed).is_err());
-        let n = Network {
-            name: "n".into(),
-            auto_create_subnetworks: true,
-            ..Default::default()
-        };
+        let n = Network { name: "n".into(), auto_create_subnetworks: true, ..Default::default() };
         assert!(
             n.validate()
                 .err()

@@ -19,9 +19,7 @@ pub const PRIVATE_RANGES: [(Ipv4Addr, u8); 4] = [
 ];
 
 fn private_nets() -> impl Iterator<Item = Ipv4Net> {
-    PRIVATE_RANGES
-        .iter()
-        .filter_map(|(a, p)| Ipv4Net::new(*a, *p).ok())
+    PRIVATE_RANGES.iter().filter_map(|(a, p)| Ipv4Net::new(*a, *p).ok())
 }
 
 /// Whether an address lies in private space.
@@ -42,16 +40,17 @@ pub fn overlaps(a: &Ipv4Net, b: &Ipv4Net) -> bool {
 /// Parses `10.8.0.0/28`: an IPv4 range whose address is the first of the range.
 pub fn parse_cidr(field: &str, value: &str) -> Result<Ipv4Net, Invalid> {
     let net: Ipv4Net = value.parse().map_err(|_| {
-        Invalid::new(field, format!("`{value}` is not an IPv4 range; write it as an address and a prefix length, such as `10.8.0.0/28`"))
+        Invalid::new(
+            field,
+            format!(
+                "`{value}` is not an IPv4 range; write it as an address and a prefix length, such as `10.8.0.0/28`"
+            ),
+        )
     })?;
     if net.network() != net.addr() {
         return Err(Invalid::new(
             field,
-            format!(
-                "`{value}` is not the start of its range; use `{}/{}`",
-                net.network(),
-                net.prefix_len()
-            ),
+            format!("`{value}` is not the start of its range; use `{}/{}`", net.network(), net.prefix_len()),
         ));
     }
     Ok(net)
@@ -63,10 +62,7 @@ pub fn subnet_range(value: &str) -> Result<Ipv4Net, Invalid> {
     if !(8..=29).contains(&net.prefix_len()) {
         return Err(Invalid::new(
             "ipCidrRange",
-            format!(
-                "`{value}` has prefix length /{}; a subnet's range is between /8 and /29",
-                net.prefix_len()
-            ),
+            format!("`{value}` has prefix length /{}; a subnet's range is between /8 and /29", net.prefix_len()),
         ));
     }
     if !is_private_range(&net) {
@@ -86,10 +82,7 @@ pub fn connector_range(value: &str) -> Result<Ipv4Net, Invalid> {
     if net.prefix_len() != 28 {
         return Err(Invalid::new(
             "ipCidrRange",
-            format!(
-                "`{value}` is a /{}; a connector's range must be a /28, such as `10.8.0.0/28`",
-                net.prefix_len()
-            ),
+            format!("`{value}` is a /{}; a connector's range must be a /28, such as `10.8.0.0/28`", net.prefix_len()),
         ));
     }
     if !is_private_range(&net) {
@@ -118,15 +111,10 @@ mod tests {
             ("10.8.0.0/28", None),
             ("192.168.5.16/28", None),
             ("100.64.0.0/28", None),
-            (
-                "10.8.0.1/28",
-                Some("ipCidrRange: `10.8.0.1/28` is not the start of its range; use `10.8.0.0/28`"),
-            ),
+            ("10.8.0.1/28", Some("ipCidrRange: `10.8.0.1/28` is not the start of its range; use `10.8.0.0/28`")),
             (
                 "10.8.0.0/24",
-                Some(
-                    "ipCidrRange: `10.8.0.0/24` is a /24; a connector's range must be a /28, such as `10.8.0.0/28`",
-                ),
+                Some("ipCidrRange: `10.8.0.0/24` is a /24; a connector's range must be a /28, such as `10.8.0.0/28`"),
             ),
             (
                 "8.8.8.0/28",
@@ -157,15 +145,9 @@ mod tests {
     fn subnet_ranges() {
         assert!(subnet_range("10.0.0.0/24").is_ok());
         assert!(subnet_range("10.0.0.0/29").is_ok());
-        let err = subnet_range("10.0.0.0/30")
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
+        let err = subnet_range("10.0.0.0/30").err().map(|e| e.to_string()).unwrap_or_default();
         assert!(err.contains("between /8 and /29"), "{err}");
-        let err = subnet_range("11.0.0.0/24")
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
+        let err = subnet_range("11.0.0.0/24").err().map(|e| e.to_string()).unwrap_or_default();
         assert!(err.contains("not inside private space"), "{err}");
     }
 

@@ -41,9 +41,7 @@ impl Ingress {
             "internal-and-cloud-load-balancing" => Ok(Ingress::InternalLoadBalancer),
             _ => Err(Invalid::new(
                 "ingress",
-                format!(
-                    "ingress `{value}` is not one of `all`, `internal`, `internal-and-cloud-load-balancing`"
-                ),
+                format!("ingress `{value}` is not one of `all`, `internal`, `internal-and-cloud-load-balancing`"),
             )),
         }
     }
@@ -180,21 +178,13 @@ pub const MAX_INSTANCES_LIMIT: u32 = 100;
 
 /// Parses a protobuf `Duration` in JSON form (`"300s"`, `"1.5s"`) into whole seconds, rounding up.
 pub fn parse_duration_seconds(field: &str, value: &str) -> Result<u64, Invalid> {
-    let bad = || {
-        Invalid::new(
-            field,
-            format!("`{value}` is not a duration; write seconds with an `s`, such as `300s`"),
-        )
-    };
+    let bad = || Invalid::new(field, format!("`{value}` is not a duration; write seconds with an `s`, such as `300s`"));
     let number = value.strip_suffix('s').ok_or_else(bad)?;
     let (whole, frac) = match number.split_once('.') {
         Some((w, f)) => (w, f),
         None => (number, ""),
     };
-    if whole.is_empty()
-        || !whole.bytes().all(|b| b.is_ascii_digit())
-        || !frac.bytes().all(|b| b.is_ascii_digit())
-    {
+    if whole.is_empty() || !whole.bytes().all(|b| b.is_ascii_digit()) || !frac.bytes().all(|b| b.is_ascii_digit()) {
         return Err(bad());
     }
     let secs: u64 = whole.parse().map_err(|_| bad())?;
@@ -210,10 +200,7 @@ impl RevisionTemplate {
         }
         for c in &mut self.containers {
             if c.ports.is_empty() {
-                c.ports.push(ContainerPort {
-                    name: "http1".into(),
-                    container_port: DEFAULT_PORT,
-                });
+                c.ports.push(ContainerPort { name: "http1".into(), container_port: DEFAULT_PORT });
             }
             for p in &mut c.ports {
                 if p.container_port == 0 {
@@ -254,9 +241,7 @@ impl RevisionTemplate {
             n => {
                 return Err(Invalid::new(
                     "template.containers",
-                    format!(
-                        "the template has {n} containers; runnel runs one container per instance"
-                    ),
+                    format!("the template has {n} containers; runnel runs one container per instance"),
                 ));
             }
         }
@@ -319,20 +304,14 @@ impl RevisionTemplate {
         if !(1..=1000).contains(&self.max_instance_request_concurrency) {
             return Err(Invalid::new(
                 "template.maxInstanceRequestConcurrency",
-                format!(
-                    "concurrency `{}` is not between 1 and 1000",
-                    self.max_instance_request_concurrency
-                ),
+                format!("concurrency `{}` is not between 1 and 1000", self.max_instance_request_concurrency),
             ));
         }
         let timeout = parse_duration_seconds("template.timeout", &self.timeout)?;
         if timeout == 0 || timeout > MAX_TIMEOUT_SECONDS {
             return Err(Invalid::new(
                 "template.timeout",
-                format!(
-                    "timeout `{}` is not between 1s and {MAX_TIMEOUT_SECONDS}s",
-                    self.timeout
-                ),
+                format!("timeout `{}` is not between 1s and {MAX_TIMEOUT_SECONDS}s", self.timeout),
             ));
         }
         let min = self.scaling.min_instance_count.unwrap_or(0);
@@ -481,15 +460,10 @@ impl Service {
     /// The service-level rules (the template is checked by [`RevisionTemplate::validate`]).
     pub fn validate(&self) -> Result<(), Invalid> {
         for (i, aud) in self.custom_audiences.iter().enumerate() {
-            if aud.is_empty()
-                || aud.len() > 2048
-                || aud.chars().any(|c| c.is_whitespace() || c.is_control())
-            {
+            if aud.is_empty() || aud.len() > 2048 || aud.chars().any(|c| c.is_whitespace() || c.is_control()) {
                 return Err(Invalid::new(
                     format!("customAudiences[{i}]"),
-                    format!(
-                        "custom audience `{aud}` must be non-empty, without spaces, and at most 2048 characters"
-                    ),
+                    format!("custom audience `{aud}` must be non-empty, without spaces, and at most 2048 characters"),
                 ));
             }
         }
@@ -504,11 +478,7 @@ impl Service {
 pub fn check_labels(field: &str, labels: &BTreeMap<String, String>) -> Result<(), Invalid> {
     let ok_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-';
     for (k, v) in labels {
-        if k.is_empty()
-            || k.len() > 63
-            || !k.chars().all(ok_char)
-            || !k.starts_with(|c: char| c.is_ascii_lowercase())
-        {
+        if k.is_empty() || k.len() > 63 || !k.chars().all(ok_char) || !k.starts_with(|c: char| c.is_ascii_lowercase()) {
             return Err(Invalid::new(
                 field,
                 format!(
@@ -519,9 +489,7 @@ pub fn check_labels(field: &str, labels: &BTreeMap<String, String>) -> Result<()
         if v.len() > 63 || !v.chars().all(ok_char) {
             return Err(Invalid::new(
                 field,
-                format!(
-                    "label value `{v}` of `{k}` may use only lowercase letters, digits, `_` and `-` (at most 63)"
-                ),
+                format!("label value `{v}` of `{k}` may use only lowercase letters, digits, `_` and `-` (at most 63)"),
             ));
         }
     }
@@ -584,10 +552,7 @@ mod tests {
 
     fn template() -> RevisionTemplate {
         RevisionTemplate {
-            containers: vec![Container {
-                command: vec!["python3".into()],
-                ..Default::default()
-            }],
+            containers: vec![Container { command: vec!["python3".into()], ..Default::default() }],
             ..Default::default()
         }
         .with_defaults()
@@ -646,22 +611,12 @@ mod tests {
             ),
             (
                 "PORT env",
-                |t| {
-                    t.containers[0].env.push(EnvVar {
-                        name: "PORT".into(),
-                        value: "1".into(),
-                    })
-                },
+                |t| t.containers[0].env.push(EnvVar { name: "PORT".into(), value: "1".into() }),
                 "template.containers[0].env[0].name: `PORT` is set by runnel",
             ),
             (
                 "bad env",
-                |t| {
-                    t.containers[0].env.push(EnvVar {
-                        name: "A=B".into(),
-                        value: "1".into(),
-                    })
-                },
+                |t| t.containers[0].env.push(EnvVar { name: "A=B".into(), value: "1".into() }),
                 "template.containers[0].env[0].name: `A=B` is not a valid environment variable name",
             ),
             (
@@ -669,33 +624,19 @@ mod tests {
                 |t| {
                     t.vpc_access = Some(VpcAccess {
                         connector: "c".into(),
-                        network_interfaces: vec![NetworkInterface {
-                            network: "n".into(),
-                            ..Default::default()
-                        }],
+                        network_interfaces: vec![NetworkInterface { network: "n".into(), ..Default::default() }],
                         ..Default::default()
                     })
                 },
                 "template.vpcAccess: the template sets both a connector and network interfaces",
             ),
-            (
-                "bad revision",
-                |t| t.revision = "Rev".into(),
-                "template.revision: revision name `Rev` has a character",
-            ),
+            ("bad revision", |t| t.revision = "Rev".into(), "template.revision: revision name `Rev` has a character"),
         ];
         for (what, edit, want) in cases {
             let mut t = template();
             edit(&mut t);
-            let got = t
-                .validate()
-                .err()
-                .map(|e| e.to_string())
-                .unwrap_or_default();
-            assert!(
-                got.starts_with(want),
-                "{what}: got {got:?}, want prefix {want:?}"
-            );
+            let got = t.validate().err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(got.starts_with(want), "{what}: got {got:?}, want prefix {want:?}");
         }
     }
 
@@ -711,21 +652,16 @@ mod tests {
 
     #[test]
     fn wire_shape_is_cloud_run_v2() {
-        let s = Service {
-            generation: 3,
-            ingress: Ingress::InternalOnly,
-            template: template(),
-            ..Default::default()
-        };
+        let s = Service { generation: 3, ingress: Ingress::InternalOnly, template: template(), ..Default::default() };
         let v = serde_json::to_value(&s).unwrap_or_default();
         assert_eq!(v["generation"], "3");
         assert_eq!(v["ingress"], "INGRESS_TRAFFIC_INTERNAL_ONLY");
         assert_eq!(v["template"]["maxInstanceRequestConcurrency"], 80);
-        assert_eq!(
-            v["template"]["containers"][0]["ports"][0]["containerPort"],
-            8080
-        );
-        let back: Service = serde_json::from_value(serde_json::json!({"generation": 4, "ingress": "INGRESS_TRAFFIC_INTERNAL_LOAD_BALANCER"})).unwrap_or_default();
+        assert_eq!(v["template"]["containers"][0]["ports"][0]["containerPort"], 8080);
+        let back: Service = serde_json::from_value(
+            serde_json::json!({"generation": 4, "ingress": "INGRESS_TRAFFIC_INTERNAL_LOAD_BALANCER"}),
+        )
+        .unwrap_or_default();
         assert_eq!(back.generation, 4);
         assert_eq!(back.ingress, Ingress::InternalLoadBalancer);
     }

@@ -40,23 +40,18 @@ pub fn default_compute_email(project_number: &str) -> String {
 }
 
 /// Checks a create request's display name and description (IAM's limits).
-pub fn validate_create(
-    account_id: &str,
-    display_name: &str,
-    description: &str,
-) -> Result<(), Invalid> {
+pub fn validate_create(account_id: &str, display_name: &str, description: &str) -> Result<(), Invalid> {
     names::account_id(account_id)?;
+    validate_details(display_name, description)
+}
+
+/// Checks a display name and description (IAM's limits).
+pub fn validate_details(display_name: &str, description: &str) -> Result<(), Invalid> {
     if display_name.chars().count() > 100 {
-        return Err(Invalid::new(
-            "serviceAccount.displayName",
-            "the display name is longer than 100 characters",
-        ));
+        return Err(Invalid::new("serviceAccount.displayName", "the display name is longer than 100 characters"));
     }
     if description.chars().count() > 256 {
-        return Err(Invalid::new(
-            "serviceAccount.description",
-            "the description is longer than 256 characters",
-        ));
+        return Err(Invalid::new("serviceAccount.description", "the description is longer than 256 characters"));
     }
     Ok(())
 }
@@ -67,14 +62,8 @@ mod tests {
 
     #[test]
     fn emails() {
-        assert_eq!(
-            email("caller", "my-project"),
-            "caller@my-project.iam.gserviceaccount.com"
-        );
-        assert_eq!(
-            default_compute_email("123456789012"),
-            "123456789012-compute@developer.gserviceaccount.com"
-        );
+        assert_eq!(email("caller", "my-project"), "caller@my-project.iam.gserviceaccount.com");
+        assert_eq!(default_compute_email("123456789012"), "123456789012-compute@developer.gserviceaccount.com");
     }
 
     #[test]

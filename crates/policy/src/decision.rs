@@ -41,18 +41,10 @@ pub struct Decision {
 
 impl Decision {
     pub fn allow(reason: Reason, trace: Vec<String>) -> Self {
-        Self {
-            allowed: true,
-            reason,
-            trace,
-        }
+        Self { allowed: true, reason, trace }
     }
 
     pub fn deny(reason: Reason, trace: Vec<String>) -> Self {
-        Self {
-            allowed: false,
-            reason,
-            trace,
-        }
+        Self { allowed: false, reason, trace }
     }
 }

@@ -60,27 +60,20 @@ fn matches(member: &Member, principal: &Principal) -> Match {
         (Member::AllAuthenticatedUsers, Principal::Anonymous) => Match::No,
         (Member::AllAuthenticatedUsers, _) => Match::Yes,
         (Member::User(e), Principal::User { email }) if e.eq_ignore_ascii_case(email) => Match::Yes,
-        (
-            Member::ServiceAccount { email: e, uid },
-            Principal::ServiceAccount { email, unique_id },
-        ) if e.eq_ignore_ascii_case(email) => {
+        (Member::ServiceAccount { email: e, uid }, Principal::ServiceAccount { email, unique_id })
+            if e.eq_ignore_ascii_case(email) =>
+        {
             match uid {
                 Some(uid) if uid == unique_id => Match::Yes,
-                Some(uid) => Match::StaleAccount {
-                    bound_uid: uid.clone(),
-                },
+                Some(uid) => Match::StaleAccount { bound_uid: uid.clone() },
                 // A stored binding always carries a uid; without one it cannot be trusted.
-                None => Match::StaleAccount {
-                    bound_uid: String::from("unknown"),
-                },
+                None => Match::StaleAccount { bound_uid: String::from("unknown") },
             }
         }
         (Member::Deleted { email: e, uid, .. }, Principal::ServiceAccount { email, .. })
             if e.eq_ignore_ascii_case(email) =>
         {
-            Match::StaleAccount {
-                bound_uid: uid.clone(),
-            }
+            Match::StaleAccount { bound_uid: uid.clone() }
         }
         (Member::Group(_), _) => Match::Group,
         _ => Match::No,
@@ -92,9 +85,7 @@ pub fn check(principal: &Principal, permission: &str, scopes: &[Scope<'_>]) -> D
     let who = principal.member();
     let mut trace = Vec::new();
     if !roles::is_permission(permission) {
-        trace.push(format!(
-            "`{permission}` is not a permission runnel knows, so no role holds it"
-        ));
+        trace.push(format!("`{permission}` is not a permission runnel knows, so no role holds it"));
         return Decision::deny(Reason::IamUnknownPermission, trace);
     }
     for scope in scopes {
@@ -128,10 +119,7 @@ pub fn check(principal: &Principal, permission: &str, scopes: &[Scope<'_>]) -> D
             ));
         }
         if holding_roles == 0 {
-            trace.push(format!(
-                "{} has no binding with a role that holds {permission}",
-                scope.resource
-            ));
+            trace.push(format!("{} has no binding with a role that holds {permission}", scope.resource));
         }
     }
     Decision::deny(Reason::IamNoBinding, trace)
@@ -146,16 +134,11 @@ mod tests {
     const SA: &str = "caller@p.iam.gserviceaccount.com";
 
     fn sa(uid: &str) -> Principal {
-        Principal::ServiceAccount {
-            email: SA.into(),
-            unique_id: uid.into(),
-        }
+        Principal::ServiceAccount { email: SA.into(), unique_id: uid.into() }
     }
 
     fn alice() -> Principal {
-        Principal::User {
-            email: "alice@example.com".into(),
-        }
+        Principal::User { email: "alice@example.com".into() }
     }
 
     fn policy(bindings: &[(&str, &[&str])]) -> Policy {
@@ -163,10 +146,7 @@ mod tests {
             version: 1,
             bindings: bindings
                 .iter()
-                .map(|(r, m)| Binding {
-                    role: r.to_string(),
-                    members: m.iter().map(|s| s.to_string()).collect(),
-                })
+                .map(|(r, m)| Binding { role: r.to_string(), members: m.iter().map(|s| s.to_string()).collect() })
                 .collect(),
         }
     }
@@ -349,23 +329,11 @@ mod tests {
         ];
         for c in cases {
             let scopes = [
-                Scope {
-                    resource: "projects/p/locations/l/services/receiver",
-                    policy: &c.service,
-                },
-                Scope {
-                    resource: "projects/p",
-                    policy: &c.project,
-                },
+                Scope { resource: "projects/p/locations/l/services/receiver", policy: &c.service },
+                Scope { resource: "projects/p", policy: &c.project },
             ];
             let d = check(&c.principal, c.permission, &scopes);
-            assert_eq!(
-                (d.allowed, d.reason),
-                (c.allowed, c.reason),
-                "{}: {:?}",
-                c.what,
-                d.trace
-            );
+            assert_eq!((d.allowed, d.reason), (c.allowed, c.reason), "{}: {:?}", c.what, d.trace);
             assert!(
                 d.trace.iter().any(|t| t.contains(c.trace_has)),
                 "{}: trace {:?} lacks {:?}",
@@ -391,26 +359,14 @@ mod tests {
 
     fn arb_policy() -> impl Strategy<Value = Policy> {
         let role = proptest::sample::select(roles::role_names().collect::<Vec<_>>());
-        proptest::collection::vec((role, proptest::collection::vec(arb_member(), 0..4)), 0..5)
-            .prop_map(|bs| Policy {
-                version: 1,
-                bindings: bs
-                    .into_iter()
-                    .map(|(r, m)| Binding {
-                        role: r.to_string(),
-                        members: m,
-                    })
-                    .collect(),
-            })
+        proptest::collection::vec((role, proptest::collection::vec(arb_member(), 0..4)), 0..5).prop_map(|bs| Policy {
+            version: 1,
+            bindings: bs.into_iter().map(|(r, m)| Binding { role: r.to_string(), members: m }).collect(),
+        })
     }
 
     fn arb_principal() -> impl Strategy<Value = Principal> {
-        prop_oneof![
-            Just(Principal::Anonymous),
-            Just(alice()),
-            Just(sa("1")),
-            Just(sa("2"))
-        ]
+        prop_oneof![Just(Principal::Anonymous), Just(alice()), Just(sa("1")), Just(sa("2"))]
     }
 
     fn arb_permission() -> impl Strategy<Value = &'static str> {

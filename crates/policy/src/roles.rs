@@ -56,18 +56,9 @@ pub fn is_permission(p: &str) -> bool {
     PERMISSIONS.contains(&p)
 }
 
-const VIEWER: &[&str] = &[
-    "run.services.get",
-    "run.services.list",
-    "run.revisions.get",
-    "run.revisions.list",
-    "run.services.getIamPolicy",
-];
-const DEVELOPER_EXTRA: &[&str] = &[
-    "run.services.create",
-    "run.services.update",
-    "run.services.delete",
-];
+const VIEWER: &[&str] =
+    &["run.services.get", "run.services.list", "run.revisions.get", "run.revisions.list", "run.services.getIamPolicy"];
+const DEVELOPER_EXTRA: &[&str] = &["run.services.create", "run.services.update", "run.services.delete"];
 const ADMIN_EXTRA: &[&str] = &["run.services.setIamPolicy", "run.routes.invoke"];
 
 /// How a role's permissions are defined.
@@ -89,16 +80,8 @@ struct Role {
 }
 
 const ROLES: &[Role] = &[
-    Role {
-        name: "roles/run.invoker",
-        title: "Cloud Run Invoker",
-        grants: Grants::Exactly(&[&["run.routes.invoke"]]),
-    },
-    Role {
-        name: "roles/run.viewer",
-        title: "Cloud Run Viewer",
-        grants: Grants::Exactly(&[VIEWER]),
-    },
+    Role { name: "roles/run.invoker", title: "Cloud Run Invoker", grants: Grants::Exactly(&[&["run.routes.invoke"]]) },
+    Role { name: "roles/run.viewer", title: "Cloud Run Viewer", grants: Grants::Exactly(&[VIEWER]) },
     Role {
         name: "roles/run.developer",
         title: "Cloud Run Developer",
@@ -121,10 +104,7 @@ const ROLES: &[Role] = &[
     Role {
         name: "roles/iam.serviceAccountTokenCreator",
         title: "Service Account Token Creator",
-        grants: Grants::Exactly(&[&[
-            "iam.serviceAccounts.getAccessToken",
-            "iam.serviceAccounts.getOpenIdToken",
-        ]]),
+        grants: Grants::Exactly(&[&["iam.serviceAccounts.getAccessToken", "iam.serviceAccounts.getOpenIdToken"]]),
     },
     Role {
         name: "roles/iam.serviceAccountAdmin",
@@ -145,11 +125,7 @@ const ROLES: &[Role] = &[
         title: "Serverless VPC Access Admin",
         grants: Grants::Prefix("vpcaccess.connectors."),
     },
-    Role {
-        name: "roles/compute.networkAdmin",
-        title: "Compute Network Admin",
-        grants: Grants::Prefix("compute."),
-    },
+    Role { name: "roles/compute.networkAdmin", title: "Compute Network Admin", grants: Grants::Prefix("compute.") },
     Role {
         name: "roles/compute.networkUser",
         title: "Compute Network User",
@@ -160,21 +136,9 @@ const ROLES: &[Role] = &[
             "compute.networks.list",
         ]]),
     },
-    Role {
-        name: "roles/viewer",
-        title: "Viewer",
-        grants: Grants::Viewer,
-    },
-    Role {
-        name: "roles/editor",
-        title: "Editor",
-        grants: Grants::Editor,
-    },
-    Role {
-        name: "roles/owner",
-        title: "Owner",
-        grants: Grants::Owner,
-    },
+    Role { name: "roles/viewer", title: "Viewer", grants: Grants::Viewer },
+    Role { name: "roles/editor", title: "Editor", grants: Grants::Editor },
+    Role { name: "roles/owner", title: "Owner", grants: Grants::Owner },
 ];
 
 fn method(permission: &str) -> &str {
@@ -200,9 +164,7 @@ pub fn role_grants(role: &str, permission: &str) -> bool {
         }
         // Editor: everything except changing IAM policies and managing other principals'
         // credentials, which is what makes owner different.
-        Grants::Editor => {
-            !permission.starts_with("runnel.credentials.") && method(permission) != "setIamPolicy"
-        }
+        Grants::Editor => !permission.starts_with("runnel.credentials.") && method(permission) != "setIamPolicy",
         Grants::Owner => true,
     }
 }
@@ -224,11 +186,7 @@ pub fn title(role: &str) -> Option<&'static str> {
 
 /// The permissions a role holds, in catalogue order.
 pub fn permissions_of(role: &str) -> Vec<&'static str> {
-    PERMISSIONS
-        .iter()
-        .copied()
-        .filter(|p| role_grants(role, p))
-        .collect()
+    PERMISSIONS.iter().copied().filter(|p| role_grants(role, p)).collect()
 }
 
 #[cfg(test)]
@@ -279,26 +237,15 @@ mod tests {
             ),
             (
                 "roles/iam.serviceAccountUser",
-                &[
-                    "iam.serviceAccounts.get",
-                    "iam.serviceAccounts.list",
-                    "iam.serviceAccounts.actAs",
-                ],
+                &["iam.serviceAccounts.get", "iam.serviceAccounts.list", "iam.serviceAccounts.actAs"],
             ),
             (
                 "roles/iam.serviceAccountTokenCreator",
-                &[
-                    "iam.serviceAccounts.getAccessToken",
-                    "iam.serviceAccounts.getOpenIdToken",
-                ],
+                &["iam.serviceAccounts.getAccessToken", "iam.serviceAccounts.getOpenIdToken"],
             ),
             (
                 "roles/vpcaccess.user",
-                &[
-                    "vpcaccess.connectors.get",
-                    "vpcaccess.connectors.list",
-                    "vpcaccess.connectors.use",
-                ],
+                &["vpcaccess.connectors.get", "vpcaccess.connectors.list", "vpcaccess.connectors.use"],
             ),
             (
                 "roles/vpcaccess.admin",
@@ -312,12 +259,7 @@ mod tests {
             ),
             (
                 "roles/compute.networkUser",
-                &[
-                    "compute.networks.get",
-                    "compute.networks.list",
-                    "compute.networks.use",
-                    "compute.subnetworks.use",
-                ],
+                &["compute.networks.get", "compute.networks.list", "compute.networks.use", "compute.subnetworks.use"],
             ),
         ];
         for (role, want) in cases {
@@ -338,20 +280,13 @@ mod tests {
         assert!(role_grants("roles/editor", "run.routes.invoke"));
         assert!(role_grants("roles/editor", "iam.serviceAccounts.actAs"));
         assert!(!role_grants("roles/editor", "run.services.setIamPolicy"));
-        assert!(!role_grants(
-            "roles/editor",
-            "resourcemanager.projects.setIamPolicy"
-        ));
+        assert!(!role_grants("roles/editor", "resourcemanager.projects.setIamPolicy"));
         assert!(!role_grants("roles/editor", "runnel.credentials.create"));
         for p in PERMISSIONS {
             assert!(role_grants("roles/owner", p), "owner lacks {p}");
         }
         assert_eq!(permissions_of("roles/iam.serviceAccountAdmin").len(), 12);
-        assert!(
-            permissions_of("roles/compute.networkAdmin")
-                .iter()
-                .all(|p| p.starts_with("compute."))
-        );
+        assert!(permissions_of("roles/compute.networkAdmin").iter().all(|p| p.starts_with("compute.")));
     }
 
     #[test]

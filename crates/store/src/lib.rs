@@ -20,18 +20,11 @@ pub enum StoreError {
     #[error(
         "cannot open the state store at {path}: {source}; check that no other runnel daemon uses this RUNNEL_HOME and that the file is readable"
     )]
-    Open {
-        path: String,
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
+    Open { path: String, source: Box<dyn std::error::Error + Send + Sync> },
     #[error(
         "the state store at {path} was written by a newer runnel (schema {found}, this runnel knows up to {known}); run a newer runnel or use another RUNNEL_HOME"
     )]
-    NewerSchema {
-        path: String,
-        found: u64,
-        known: u64,
-    },
+    NewerSchema { path: String, found: u64, known: u64 },
     #[error("state store failure: {0}")]
     Backend(String),
 }
@@ -77,17 +70,13 @@ pub fn migrate(store: &dyn Store, path: &str) -> Result<u64> {
     loop {
         let mut txn = store.write()?;
         let found = match txn.get(SCHEMA_KEY)? {
-            Some(v) => String::from_utf8_lossy(&v).parse::<u64>().map_err(|_| {
-                StoreError::Backend(format!("the schema version in {path} is unreadable"))
-            })?,
+            Some(v) => String::from_utf8_lossy(&v)
+                .parse::<u64>()
+                .map_err(|_| StoreError::Backend(format!("the schema version in {path} is unreadable")))?,
             None => 0,
         };
         if found > SCHEMA_VERSION {
-            return Err(StoreError::NewerSchema {
-                path: path.to_string(),
-                found,
-                known: SCHEMA_VERSION,
-            });
+            return Err(StoreError::NewerSchema { path: path.to_string(), found, known: SCHEMA_VERSION });
         }
         if found == SCHEMA_VERSION {
             return Ok(found);
@@ -110,34 +99,22 @@ mod tests {
     fn put_get_scan_delete_and_abort() {
         let store = RedbStore::in_memory().unwrap_or_else(|e| panic!("{e}"));
         let mut w = store.write().unwrap_or_else(|e| panic!("{e}"));
-        w.put("services/local1/a", b"1")
-            .unwrap_or_else(|e| panic!("{e}"));
-        w.put("services/local1/b", b"2")
-            .unwrap_or_else(|e| panic!("{e}"));
-        w.put("services/local2/c", b"3")
-            .unwrap_or_else(|e| panic!("{e}"));
+        w.put("services/local1/a", b"1").unwrap_or_else(|e| panic!("{e}"));
+        w.put("services/local1/b", b"2").unwrap_or_else(|e| panic!("{e}"));
+        w.put("services/local2/c", b"3").unwrap_or_else(|e| panic!("{e}"));
         w.put("servicesx", b"4").unwrap_or_else(|e| panic!("{e}"));
         w.commit().unwrap_or_else(|e| panic!("{e}"));
 
         let r = store.read().unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(
-            r.get("services/local1/a").ok().flatten(),
-            Some(b"1".to_vec())
-        );
-        let keys: Vec<String> = r
-            .scan("services/local1/")
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(k, _)| k)
-            .collect();
+        assert_eq!(r.get("services/local1/a").ok().flatten(), Some(b"1".to_vec()));
+        let keys: Vec<String> = r.scan("services/local1/").unwrap_or_default().into_iter().map(|(k, _)| k).collect();
         assert_eq!(keys, vec!["services/local1/a", "services/local1/b"]);
         assert_eq!(r.scan("services/").unwrap_or_default().len(), 3);
         drop(r);
 
         let mut w = store.write().unwrap_or_else(|e| panic!("{e}"));
         assert!(w.delete("services/local1/a").unwrap_or(false));
-        w.put("services/local1/z", b"9")
-            .unwrap_or_else(|e| panic!("{e}"));
+        w.put("services/local1/z", b"9").unwrap_or_else(|e| panic!("{e}"));
         drop(w); // aborted
         let r = store.read().unwrap_or_else(|e| panic!("{e}"));
         assert!(r.get("services/local1/a").ok().flatten().is_some());
@@ -157,10 +134,7 @@ mod tests {
         let store = RedbStore::open(&path).unwrap_or_else(|e| panic!("{e}"));
         let r = store.read().unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(r.get("k").ok().flatten(), Some(b"v".to_vec()));
-        assert_eq!(
-            r.get(SCHEMA_KEY).ok().flatten(),
-            Some(SCHEMA_VERSION.to_string().into_bytes())
-        );
+        assert_eq!(r.get(SCHEMA_KEY).ok().flatten(), Some(SCHEMA_VERSION.to_string().into_bytes()));
     }
 
     #[test]
@@ -173,13 +147,9 @@ mod tests {
             w.put(SCHEMA_KEY, b"99").unwrap_or_else(|e| panic!("{e}"));
             w.commit().unwrap_or_else(|e| panic!("{e}"));
         }
-        let err = RedbStore::open(&path)
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
+        let err = RedbStore::open(&path).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(
-            err.contains("written by a newer runnel (schema 99")
-                && err.contains("use another RUNNEL_HOME"),
+            err.contains("written by a newer runnel (schema 99") && err.contains("use another RUNNEL_HOME"),
             "{err}"
         );
     }

@@ -20,10 +20,7 @@ impl RedbStore {
     /// second daemon on the same state fails here instead of corrupting it.
     pub fn open(path: &Path) -> Result<Self> {
         let shown = path.display().to_string();
-        let db = Database::create(path).map_err(|e| StoreError::Open {
-            path: shown.clone(),
-            source: Box::new(e),
-        })?;
+        let db = Database::create(path).map_err(|e| StoreError::Open { path: shown.clone(), source: Box::new(e) })?;
         let store = Self { db };
         store.ensure_table()?;
         migrate(&store, &shown)?;
@@ -34,10 +31,7 @@ impl RedbStore {
     pub fn in_memory() -> Result<Self> {
         let db = Database::builder()
             .create_with_backend(redb::backends::InMemoryBackend::new())
-            .map_err(|e| StoreError::Open {
-                path: "memory".into(),
-                source: Box::new(e),
-            })?;
+            .map_err(|e| StoreError::Open { path: "memory".into(), source: Box::new(e) })?;
         let store = Self { db };
         store.ensure_table()?;
         migrate(&store, "memory")?;
@@ -53,17 +47,11 @@ impl RedbStore {
 
 struct ReadTxn(redb::ReadTransaction);
 
-fn get_in(
-    table: &impl ReadableTable<&'static str, &'static [u8]>,
-    key: &str,
-) -> Result<Option<Vec<u8>>> {
+fn get_in(table: &impl ReadableTable<&'static str, &'static [u8]>, key: &str) -> Result<Option<Vec<u8>>> {
     Ok(table.get(key).map_err(backend)?.map(|v| v.value().to_vec()))
 }
 
-fn scan_in(
-    table: &impl ReadableTable<&'static str, &'static [u8]>,
-    prefix: &str,
-) -> Result<Vec<(String, Vec<u8>)>> {
+fn scan_in(table: &impl ReadableTable<&'static str, &'static [u8]>, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
     let mut out = Vec::new();
     for entry in table.range(prefix..).map_err(backend)? {
         let (k, v) = entry.map_err(backend)?;
@@ -99,22 +87,12 @@ impl Read for WriteTxn {
 
 impl Write for WriteTxn {
     fn put(&mut self, key: &str, value: &[u8]) -> Result<()> {
-        self.0
-            .open_table(DOCS)
-            .map_err(backend)?
-            .insert(key, value)
-            .map_err(backend)?;
+        self.0.open_table(DOCS).map_err(backend)?.insert(key, value).map_err(backend)?;
         Ok(())
     }
 
     fn delete(&mut self, key: &str) -> Result<bool> {
-        Ok(self
-            .0
-            .open_table(DOCS)
-            .map_err(backend)?
-            .remove(key)
-            .map_err(backend)?
-            .is_some())
+        Ok(self.0.open_table(DOCS).map_err(backend)?.remove(key).map_err(backend)?.is_some())
     }
 
     fn commit(self: Box<Self>) -> Result<()> {

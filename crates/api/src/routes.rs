@@ -1,0 +1,415 @@
+//! HTTP routing: paths to control-plane methods.
+//!
+//! Google APIs put custom methods after a colon in the last path segment
+//! (`services/NAME:getIamPolicy`); the router captures the whole segment and [`split_verb`]
+//! separates the name from the method.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::Method;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::auth::Caller;
+use crate::error::{ApiError, ApiResult};
+use crate::plane::ControlPlane;
+use crate::policy::{SetIamPolicyRequest, TestIamPermissionsRequest};
+
+type Cp = State<Arc<ControlPlane>>;
+type Q = Query<HashMap<String, String>>;
+
+/// The control-plane API as a router, so tests can drive it without a socket.
+pub fn app(cp: Arc<ControlPlane>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/v2/projects/{p}/locations/{l}/services", get(list_services).post(create_service))
+        .route(
+            "/v2/projects/{p}/locations/{l}/services/{s}",
+            get(service_get).patch(service_patch).delete(service_delete).post(service_post),
+        )
+        .route("/v2/projects/{p}/locations/{l}/services/{s}/revisions", get(list_revisions))
+        .route("/v2/projects/{p}/locations/{l}/services/{s}/revisions/{r}", get(get_revision))
+        .route("/v1/projects/{p}", get(project_get).post(project_post))
+        .route("/v1/projects/{p}/serviceAccounts", get(list_accounts).post(create_account))
+        .route(
+            "/v1/projects/{p}/serviceAccounts/{a}",
+            get(account_get).patch(account_patch).delete(account_delete).post(account_post),
+        )
+        .route("/v1/projects/{p}/locations/{l}/connectors", get(list_connectors).post(create_connector))
+        .route("/v1/projects/{p}/locations/{l}/connectors/{c}", get(get_connector).delete(delete_connector))
+        .route("/compute/v1/projects/{p}/global/networks", get(list_networks).post(create_network))
+        .route("/compute/v1/projects/{p}/global/networks/{n}", get(get_network).delete(delete_network))
+        .route("/compute/v1/projects/{p}/regions/{r}/subnetworks", get(list_subnets).post(create_subnet))
+        .route("/compute/v1/projects/{p}/regions/{r}/subnetworks/{s}", get(get_subnet).delete(delete_subnet))
+        .route("/runnel/v1/projects/{p}/credentials", get(list_credentials).post(create_credential))
+        .route("/runnel/v1/projects/{p}/credentials/{c}", axum::routing::delete(delete_credential))
+        .fallback(|method: Method, uri: axum::http::Uri| async move {
+            ApiError::not_found(format!(
+                "there is no API method at {method} {}; the runnel CLI lists what it can do with `runnel --help`",
+                uri.path()
+            ))
+        })
+        .with_state(cp)
+}
+
+/// Runs a control-plane method off the async threads: store commits wait for the disk.
+async fn run<T: Send + 'static>(
+    cp: Arc<ControlPlane>,
+    f: impl FnOnce(&ControlPlane) -> ApiResult<T> + Send + 'static,
+) -> ApiResult<T> {
+    tokio::task::spawn_blocking(move || f(&cp)).await.map_err(ApiError::internal)?
+}
+
+fn json<T: Serialize>(r: ApiResult<T>) -> Response {
+    match r {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Parses a JSON body; an empty body reads as the type's default where one makes sense.
+fn body<T: DeserializeOwned>(bytes: &Bytes) -> ApiResult<T> {
+    let text: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) { b"{}" } else { bytes };
+    serde_json::from_slice(text)
+        .map_err(|e| ApiError::invalid(format!("the request body is not valid JSON for this method: {e}")))
+}
+
+/// `name:verb` → (`name`, `verb`).
+fn split_verb(segment: &str) -> (&str, Option<&str>) {
+    match segment.split_once(':') {
+        Some((n, v)) => (n, Some(v)),
+        None => (segment, None),
+    }
+}
+
+fn unknown_verb(verb: &str) -> ApiError {
+    ApiError::not_found(format!("`:{verb}` is not a method runnel offers here"))
+}
+
+// ---- Cloud Run services ---------------------------------------------------------------------
+
+async fn list_services(State(cp): Cp, Caller(who): Caller, Path((p, l)): Path<(String, String)>) -> Response {
+    json(run(cp, move |cp| cp.list_services(&who, &p, &l)).await)
+}
+
+async fn create_service(
+    State(cp): Cp,
+    Caller(who): Caller,
+    Path((p, l)): Path<(String, String)>,
+    Query(q): Q,
+    b: Bytes,
+) -> Response {
+    json(
+        async {
+            let svc = body(&b)?;
+            let id = q.get("serviceId").cloned().unwrap_or_default();
+            run(cp, move |cp| cp.create_service(&who, &p, &l, &id, svc)).await
+        }
+        .await,
+    )
+}
+
+async fn service_get(State(cp): Cp, Caller(who): Caller, Path((p, l, s)): Path<(String, String, String)>) -> Response {
+    match split_verb(&s) {
+        (name, None) => {
+            let name = name.to_string();
+            json(run(cp, move |cp| cp.get_service(&who, &p, &l, &name)).await)
+        }
+        (name, Some("getIamPolicy")) => {
+            let name = name.to_string();
+            json(run(cp, move |cp| cp.get_service_policy(&who, &p, &l, &name)).await)
+        }
+        (_, Some(v)) => unknown_verb(v).into_response(),
+    }
+}
+
+async fn service_patch(
+    State(cp): Cp,
+    Caller(who): Caller,
+    Path((p, l, s)): Path<(String, String, String)>,
+    Query(q): Q,
+    b: Bytes,
+) -> Response {
+    json(
+        async {
+            let svc = body(&b)?;
+            let allow_missing = q.get("allowMissing").is_some_and(|v| v == "true");
+            run(cp, move |cp| cp.update_service(&who, &p, &l, &s, svc, allow_missing)).await
+        }
+        .await,
+    )
+}
+
+async fn service_delete(
+    State(cp): Cp,
+    Caller(who): Caller,
+    Path((p, l, s)): Path<(String, String, String)>,
+) -> Response {
+    json(run(cp, move |cp| cp.delete_service(&who, &p, &l, &s)).await)
+}
+
+async fn service_post(
+    State(cp): Cp,
+    Caller(who): Caller,
+    Path((p, l, s)): Path<(String, String, String)>,
+    b: Bytes,
+) -> Response {
+    let (name, verb) = split_verb(&s);
+    let name = name.to_string();
+    match verb {
+        Some("getIamPolicy") => json(run(cp, move |cp| cp.get_service_policy(&who, &p, &l, &name)).await),
+        Some("setIamPolicy") => json(
+            async {
+                let req: SetIamPolicyRequest = body(&b)?;
+                run(cp, move |cp| cp.set_service_policy(&who, &p, &l, &name, &req.policy)).await
+            }
+            .await,
+        ),
+        Some("testIamPermissions") => json(
+            async {
+                let req: TestIamPermissionsRequest = body(&b)?;
+                run(cp, move |cp| cp.test_service_permissions(&who, &p, &l, &name, &req.permissions)).await
+            }
+            .await,
+        ),
+        Some(v) => unknown_verb(v).into_response(),
+        None => ApiError::not_found(
+            "POST on a service needs a method such as `:setIamPolicy`; to change a service use PATCH",
+        )
+        .into_response(),
+    }
+}
+
+async fn list_revisions(
+    State(cp): Cp,
+    Caller(who): Caller,
+    Path((p, l, s)): Path<(String, String, String)>,
+) -> Response {
+    json(run(cp, move |cp| cp.list_revisions(&who, &p, &l, &s)).await)
+}
+
+async fn get_revision(
+    State(cp): Cp,
+    Caller(who): Caller,
+    Path((p, l, s, r)): Path<(String, String, String, String)>,
+) -> Response {
+    json(run(cp, move |cp| cp.get_revision(&who, &p, &l, &s, &r)).await)
+}
+
+// ---- projects ---------------------------------------------------------------------------------
+
+async fn project_get(State(cp): Cp, Caller(who): Caller, Path(p): Path<String>) -> Response {
+    match split_verb(&p) {
+        (p, None) => {
+            let p = p.to_string();
+            json(run(cp, move |cp| cp.get_project(&who, &p)).await)
+        }
+        (_, Some(v)) => unknown_verb(v).into_response(),
+    }
+}
+
+async fn project_post(State(cp): Cp, Caller(who): Caller, Path(p): Path<String>, b: Bytes) -> Response {
+    let (p, verb) = split_verb(&p);
+    let p = p.to_string();
+    match verb {
+        Some("getIamPolicy") => json(run(cp, move |cp| cp.get_project_policy(&who, &p)).await),
+        Some("setIamPolicy") => json(
+            async {
+                let req: SetIamPolicyRequest = body(&b)?;
+                run(cp, move |cp| cp.set_project_policy(&who, &p, &req.policy)).await
+            }
+            .await,
+        ),
+        Some("testIamPermissions") => json(
+            async {
+                let req: TestIamPermissionsRequest = body(&b)?;
+                run(cp, move |cp| cp.test_project_permissions(&who, &p, &req.permissions)).await
+            }
+            .await,
+        ),
+        Some(v) => unknown_verb(v).into_response(),
+        None => unknown_verb("").into_response(),
+    }
+}
+
+// ---- service accounts -----------------------------------------------------------------------
+
+async fn list_accounts(State(cp): Cp, Caller(who): Caller, Path(p): Path<String>) -> Response {
+    json(run(cp, move |cp| cp.list_accounts(&who, &p)).await)
+}
+
+async fn create_account(State(cp): Cp, Caller(who): Caller, Path(p): Path<String>, b: Bytes) -> Response {
+    json(
+        async {
+            let req = body(&b)?;
+            run(cp, move |cp| cp.create_account(&who, &p, req)).await
+        }
+        .await,
+    )
+}
+
+async fn account_get(State(cp): Cp, Caller(who): Caller, Path((p, a)): Path<(String, String)>) -> Response {
+    match split_verb(&a) {
+        (a, None) => {
+            let a = a.to_string();
+            json(run(cp, move |cp| cp.get_account(&who, &p, &a)).await)
+        }
+        (_, Some(v)) => unknown_verb(v).into_response(),
+    }
+}
+
+async fn account_patch(State(cp): Cp, Caller(who): Caller, Path((p, a)): Path<(String, String)>, b: Bytes) -> Response {
+    json(
+        async {
+            let req = body(&b)?;
+            run(cp, move |cp| cp.patch_account(&who, &p, &a, req)).await
+        }
+        .await,
+    )
+}
+
+async fn account_delete(State(cp): Cp, Caller(who): Caller, Path((p, a)): Path<(String, String)>) -> Response {
+    json(run(cp, move |cp| cp.delete_account(&who, &p, &a)).await)
+}
+
+async fn account_post(State(cp): Cp, Caller(who): Caller, Path((p, a)): Path<(String, String)>, b: Bytes) -> Response {
+    let (a, verb) = split_verb(&a);
+    let a = a.to_string();
+    match verb {
+        Some("disable") => json(run(cp, move |cp| cp.set_account_disabled(&who, &p, &a, true)).await),
+        Some("enable") => json(run(cp, move |cp| cp.set_account_disabled(&who, &p, &a, false)).await),
+        Some("getIamPolicy") => json(run(cp, move |cp| cp.get_account_policy(&who, &p, &a)).await),
+        Some("setIamPolicy") => json(
+            async {
+                let req: SetIamPolicyRequest = body(&b)?;
+                run(cp, move |cp| cp.set_account_policy(&who, &p, &a, &req.policy)).await
+            }
+            .await,
+        ),
+        Some("testIamPermissions") => json(
+            async {
+                let req: TestIamPermissionsRequest = body(&b)?;
+                run(cp, move |cp| cp.test_account_permissions(&who, &p, &a, &req.permissions)).await
+            }
+            .await,
+        ),
+        Some(v) => unknown_verb(v).into_response(),
+        None => unknown_verb("").into_response(),
+    }
+}
+
+// ---- connectors -------------------------------------------------------------------------------
+
+async fn list_connectors(State(cp): Cp, Caller(who): Caller, Path((p, l)): Path<(String, String)>) -> Response {
+    json(run(cp, move |cp| cp.list_connectors(&who, &p, &l)).await)
+}
+
+async fn create_connector(
+    State(cp): Cp,
+    Caller(who): Caller,
+    Path((p, l)): Path<(String, String)>,
+    Query(q): Q,
+    b: Bytes,
+) -> Response {
+    json(
+        async {
+            let c = body(&b)?;
+            let id = q.get("connectorId").cloned().unwrap_or_default();
+            run(cp, move |cp| cp.create_connector(&who, &p, &l, &id, c)).await
+        }
+        .await,
+    )
+}
+
+async fn get_connector(
+    State(cp): Cp,
+    Caller(who): Caller,
+    Path((p, l, c)): Path<(String, String, String)>,
+) -> Response {
+    json(run(cp, move |cp| cp.get_connector(&who, &p, &l, &c)).await)
+}
+
+async fn delete_connector(
+    State(cp): Cp,
+    Caller(who): Caller,
+    Path((p, l, c)): Path<(String, String, String)>,
+) -> Response {
+    json(run(cp, move |cp| cp.delete_connector(&who, &p, &l, &c)).await)
+}
+
+// ---- networks and subnets ---------------------------------------------------------------------
+
+async fn list_networks(State(cp): Cp, Caller(who): Caller, Path(p): Path<String>) -> Response {
+    json(run(cp, move |cp| cp.list_networks(&who, &p)).await)
+}
+
+async fn create_network(State(cp): Cp, Caller(who): Caller, Path(p): Path<String>, b: Bytes) -> Response {
+    json(
+        async {
+            let n = body(&b)?;
+            run(cp, move |cp| cp.create_network(&who, &p, n)).await
+        }
+        .await,
+    )
+}
+
+async fn get_network(State(cp): Cp, Caller(who): Caller, Path((p, n)): Path<(String, String)>) -> Response {
+    json(run(cp, move |cp| cp.get_network(&who, &p, &n)).await)
+}
+
+async fn delete_network(State(cp): Cp, Caller(who): Caller, Path((p, n)): Path<(String, String)>) -> Response {
+    json(run(cp, move |cp| cp.delete_network(&who, &p, &n)).await)
+}
+
+async fn list_subnets(State(cp): Cp, Caller(who): Caller, Path((p, r)): Path<(String, String)>) -> Response {
+    json(run(cp, move |cp| cp.list_subnets(&who, &p, &r)).await)
+}
+
+async fn create_subnet(State(cp): Cp, Caller(who): Caller, Path((p, r)): Path<(String, String)>, b: Bytes) -> Response {
+    json(
+        async {
+            let s = body(&b)?;
+            run(cp, move |cp| cp.create_subnet(&who, &p, &r, s)).await
+        }
+        .await,
+    )
+}
+
+async fn get_subnet(State(cp): Cp, Caller(who): Caller, Path((p, r, s)): Path<(String, String, String)>) -> Response {
+    json(run(cp, move |cp| cp.get_subnet(&who, &p, &r, &s)).await)
+}
+
+async fn delete_subnet(
+    State(cp): Cp,
+    Caller(who): Caller,
+    Path((p, r, s)): Path<(String, String, String)>,
+) -> Response {
+    json(run(cp, move |cp| cp.delete_subnet(&who, &p, &r, &s)).await)
+}
+
+// ---- credentials ----------------------------------------------------------------------------
+
+async fn list_credentials(State(cp): Cp, Caller(who): Caller, Path(p): Path<String>) -> Response {
+    json(run(cp, move |cp| cp.list_credentials(&who, &p)).await)
+}
+
+async fn create_credential(State(cp): Cp, Caller(who): Caller, Path(p): Path<String>, b: Bytes) -> Response {
+    json(
+        async {
+            let req = body(&b)?;
+            run(cp, move |cp| cp.create_credential(&who, &p, req)).await
+        }
+        .await,
+    )
+}
+
+async fn delete_credential(State(cp): Cp, Caller(who): Caller, Path((p, c)): Path<(String, String)>) -> Response {
+    json(run(cp, move |cp| cp.delete_credential(&who, &p, &c)).await)
+}
