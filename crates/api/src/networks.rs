@@ -64,18 +64,16 @@ impl ControlPlane {
     fn placed_ranges(&self, r: &(impl Read + ?Sized), network: &str) -> ApiResult<Vec<PlacedRange>> {
         let mut placed = Vec::new();
         for s in scan::<Subnetwork>(r, "subnets/")? {
-            if last_segment(&s.network) == network {
-                if let Ok(range) = s.ip_cidr_range.parse() {
+            if last_segment(&s.network) == network
+                && let Ok(range) = s.ip_cidr_range.parse() {
                     placed.push(PlacedRange { holder: format!("subnet `{}`", s.name), range });
                 }
-            }
         }
         for c in scan::<Connector>(r, "connectors/")? {
-            if c.network == network && c.subnet.is_none() {
-                if let Ok(range) = c.ip_cidr_range.parse() {
+            if c.network == network && c.subnet.is_none()
+                && let Ok(range) = c.ip_cidr_range.parse() {
                     placed.push(PlacedRange { holder: format!("connector `{}`", last_segment(&c.name)), range });
                 }
-            }
         }
         Ok(placed)
     }

@@ -1,1 +1,81 @@
-fn main() {}
+//! The `runnel` binary: `runnel up` runs the daemon; every other command is a client of its
+//! API, in three steps as in ripgrep: parse the command line, resolve where the daemon is and
+//! who to be, execute. Errors end the process with one line that says what to do.
+
+mod cli;
+mod client;
+mod compute;
+mod credentials;
+mod home;
+mod iam;
+mod output;
+mod run;
+mod up;
+
+use std::process::ExitCode;
+
+use clap::{CommandFactory, FromArgMatches};
+
+use crate::cli::{Cli, Command};
+use crate::client::{Client, Target};
+
+/// The full command path (`run services add-iam-policy-binding`), for error lines.
+fn command_path(matches: &clap::ArgMatches) -> String {
+    let mut words = Vec::new();
+    let mut m = matches;
+    while let Some((name, sub)) = m.subcommand() {
+        words.push(name.to_string());
+        m = sub;
+    }
+    words.join(" ")
+}
+
+async fn execute(cli: Cli) -> anyhow::Result<()> {
+    let home = home::resolve(cli.global.home.as_deref())?;
+    if let Command::Up(args) = cli.command {
+        return up::up(&home, args).await;
+    }
+    let client = Client::connect(Target {
+        home,
+        api_url: cli.global.api_url.clone(),
+        credential_file: cli.global.credential_file.clone(),
+        project: cli.global.project.clone(),
+        region: cli.global.region.clone(),
+    })?;
+    let format = cli.global.format;
+    match cli.command {
+        Command::Up(_) => Ok(()),
+        Command::Run(c) => run::run(&client, format, c).await,
+        Command::Iam(c) => iam::iam(&client, format, c).await,
+        Command::Projects(c) => iam::projects(&client, format, c).await,
+        Command::Compute(c) => compute::compute(&client, format, c).await,
+        Command::Auth(c) => credentials::auth(&client, format, c).await,
+    }
+}
+
+fn main() -> ExitCode {
+    let matches = Cli::command().get_matches();
+    let name = command_path(&matches);
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("RUNNEL_LOG").unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("ERROR: (runnel {name}) cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(execute(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ERROR: (runnel {name}) {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

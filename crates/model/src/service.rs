@@ -217,11 +217,10 @@ impl RevisionTemplate {
         if self.timeout.is_empty() {
             self.timeout = format!("{DEFAULT_TIMEOUT_SECONDS}s");
         }
-        if let Some(v) = &self.vpc_access {
-            if v.connector.is_empty() && v.network_interfaces.is_empty() {
+        if let Some(v) = &self.vpc_access
+            && v.connector.is_empty() && v.network_interfaces.is_empty() {
                 self.vpc_access = None;
             }
-        }
         self
     }
 
@@ -350,14 +349,13 @@ impl RevisionTemplate {
                     "at most one network interface is supported",
                 ));
             }
-            if let Some(ni) = v.network_interfaces.first() {
-                if ni.network.is_empty() && ni.subnetwork.is_empty() {
+            if let Some(ni) = v.network_interfaces.first()
+                && ni.network.is_empty() && ni.subnetwork.is_empty() {
                     return Err(Invalid::new(
                         "template.vpcAccess.networkInterfaces[0]",
                         "a network interface names a network, a subnet or both",
                     ));
                 }
-            }
         }
         Ok(())
     }

@@ -1,0 +1,467 @@
+//! The command line, after gcloud's verbs and flags for the surface runnel covers.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::output::Format;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "runnel",
+    version,
+    about = "Run HTTP services with Cloud Run's private service-to-service security model",
+    long_about = "runnel runs HTTP services with Cloud Run's private service-to-service security model: \
+internal-only ingress, VPC connectors and egress settings, one service account per revision, \
+roles/run.invoker bindings and ID tokens.\n\n`runnel up` starts the daemon; every other command is a client of its API, \
+found through RUNNEL_HOME.",
+    after_help = "Examples:\n  runnel up\n  runnel run deploy receiver --command=python3 --args=app.py --ingress=internal --no-allow-unauthenticated\n  runnel iam service-accounts create caller\n  runnel run services add-iam-policy-binding receiver --member=serviceAccount:caller@PROJECT.iam.gserviceaccount.com --role=roles/run.invoker"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct Global {
+    /// State directory of the daemon to use [default: $RUNNEL_HOME, else $XDG_DATA_HOME/runnel].
+    #[arg(long, global = true, env = "RUNNEL_HOME", value_name = "DIR")]
+    pub home: Option<PathBuf>,
+    /// Project id; defaults to the daemon's project.
+    #[arg(long, global = true, env = "RUNNEL_PROJECT")]
+    pub project: Option<String>,
+    /// Region; defaults to the daemon's default region (local1).
+    #[arg(long, global = true, env = "RUNNEL_REGION")]
+    pub region: Option<String>,
+    /// Output format.
+    #[arg(long, global = true, value_enum, default_value = "table")]
+    pub format: Format,
+    /// API address, overriding the one in RUNNEL_HOME/daemon.json.
+    #[arg(long, global = true, env = "RUNNEL_API_URL", value_name = "URL")]
+    pub api_url: Option<String>,
+    /// File holding the credential to call the API with [default: $RUNNEL_CREDENTIAL, else RUNNEL_HOME/owner.credential].
+    #[arg(long, global = true, value_name = "FILE")]
+    pub credential_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant, reason = "parsed once per process")]
+pub enum Command {
+    /// Start the runnel daemon in the foreground (Ctrl-C stops it).
+    Up(Up),
+    /// Cloud Run: deploy and manage services and revisions.
+    #[command(subcommand)]
+    Run(RunCmd),
+    /// IAM: service accounts.
+    #[command(subcommand)]
+    Iam(IamCmd),
+    /// The project and its IAM policy.
+    #[command(subcommand)]
+    Projects(ProjectsCmd),
+    /// VPC networks, subnets and Serverless VPC Access connectors.
+    #[command(subcommand)]
+    Compute(ComputeCmd),
+    /// API credentials for people.
+    #[command(subcommand)]
+    Auth(AuthCmd),
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  runnel up\n  RUNNEL_HOME=/tmp/rn runnel up --api-address=127.0.0.1:0 --project=my-project"
+)]
+pub struct Up {
+    /// Where the control-plane API listens (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:7780", value_name = "ADDR")]
+    pub api_address: String,
+    /// Where the frontend serves services; service URLs are derived from its port.
+    #[arg(long, default_value = "127.0.0.1:7781", value_name = "ADDR")]
+    pub frontend_address: String,
+    /// Domain under which services get their hosts: SERVICE-PROJECTNUMBER.REGION.DOMAIN.
+    #[arg(long, default_value = "run.localhost")]
+    pub domain: String,
+    /// Project id to create at first start (later starts must match it).
+    #[arg(long = "project-id", default_value = "runnel-local")]
+    pub project_id: String,
+    /// The operator principal, who holds roles/owner.
+    #[arg(long, default_value = "user:owner@runnel.localhost")]
+    pub owner: String,
+    /// Default region for clients.
+    #[arg(long, default_value = "local1")]
+    pub default_region: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RunCmd {
+    /// Create or update a service and deploy a new revision.
+    #[command(
+        after_help = "Examples:\n  runnel run deploy receiver --command=python3 --args=app.py --ingress=internal --no-allow-unauthenticated\n  runnel run deploy caller --vpc-connector=conn --vpc-egress=all-traffic --service-account=caller@PROJECT.iam.gserviceaccount.com"
+    )]
+    Deploy(Deploy),
+    /// Manage services.
+    #[command(subcommand)]
+    Services(ServicesCmd),
+    /// View revisions.
+    #[command(subcommand)]
+    Revisions(RevisionsCmd),
+}
+
+/// List flags accept gcloud's `^DELIM^` prefix to use another delimiter than a comma.
+#[derive(Debug, Args, Default, Clone)]
+pub struct Deploy {
+    /// Service name.
+    pub service: String,
+    #[command(flatten)]
+    pub flags: DeployFlags,
+}
+
+#[derive(Debug, Args, Default, Clone)]
+pub struct DeployFlags {
+    /// Program to run and its leading arguments, comma-separated (the container's entrypoint).
+    #[arg(long)]
+    pub command: Option<String>,
+    /// Arguments, comma-separated.
+    #[arg(long, allow_hyphen_values = true)]
+    pub args: Option<String>,
+    /// Working directory of the process.
+    #[arg(long)]
+    pub working_dir: Option<String>,
+    /// Image label only; runnel runs `--command` on the host's files.
+    #[arg(long)]
+    pub image: Option<String>,
+    /// Replace all environment variables: KEY=VALUE,...
+    #[arg(long)]
+    pub set_env_vars: Option<String>,
+    /// Add or change environment variables: KEY=VALUE,...
+    #[arg(long)]
+    pub update_env_vars: Option<String>,
+    /// Remove environment variables: KEY,...
+    #[arg(long)]
+    pub remove_env_vars: Option<String>,
+    /// Remove every environment variable.
+    #[arg(long)]
+    pub clear_env_vars: bool,
+    /// Port the process listens on (PORT).
+    #[arg(long)]
+    pub port: Option<u32>,
+    /// all | internal | internal-and-cloud-load-balancing
+    #[arg(long)]
+    pub ingress: Option<String>,
+    /// Service account the revision runs as (email or account id).
+    #[arg(long)]
+    pub service_account: Option<String>,
+    /// Serverless VPC Access connector (name or full resource name).
+    #[arg(long)]
+    pub vpc_connector: Option<String>,
+    /// Remove the VPC connector.
+    #[arg(long)]
+    pub clear_vpc_connector: bool,
+    /// private-ranges-only | all-traffic
+    #[arg(long)]
+    pub vpc_egress: Option<String>,
+    /// Network for Direct VPC egress.
+    #[arg(long)]
+    pub network: Option<String>,
+    /// Subnet for Direct VPC egress.
+    #[arg(long)]
+    pub subnet: Option<String>,
+    /// Remove Direct VPC egress.
+    #[arg(long)]
+    pub clear_network: bool,
+    /// Grant roles/run.invoker to allUsers.
+    #[arg(long, overrides_with = "no_allow_unauthenticated")]
+    pub allow_unauthenticated: bool,
+    /// Remove allUsers' roles/run.invoker.
+    #[arg(long)]
+    pub no_allow_unauthenticated: bool,
+    /// Turn the invoker IAM check on (default).
+    #[arg(long, overrides_with = "no_invoker_iam_check")]
+    pub invoker_iam_check: bool,
+    /// Turn the invoker IAM check off: anyone who passes ingress may call.
+    #[arg(long)]
+    pub no_invoker_iam_check: bool,
+    #[arg(long)]
+    pub min_instances: Option<u32>,
+    #[arg(long)]
+    pub max_instances: Option<u32>,
+    /// Requests an instance serves at once (1-1000).
+    #[arg(long)]
+    pub concurrency: Option<u32>,
+    /// Request timeout: 300, 300s, 5m.
+    #[arg(long)]
+    pub timeout: Option<String>,
+    /// Serve the default URL (default).
+    #[arg(long, overrides_with = "no_default_url")]
+    pub default_url: bool,
+    /// Make the default URL answer 404 for everyone.
+    #[arg(long)]
+    pub no_default_url: bool,
+    /// Accept ID tokens for these audiences too: AUD,...
+    #[arg(long)]
+    pub add_custom_audiences: Option<String>,
+    /// Stop accepting these custom audiences: AUD,...
+    #[arg(long)]
+    pub remove_custom_audiences: Option<String>,
+    /// Remove every custom audience.
+    #[arg(long)]
+    pub clear_custom_audiences: bool,
+    /// Name the new revision SERVICE-SUFFIX.
+    #[arg(long)]
+    pub revision_suffix: Option<String>,
+    /// Service labels: KEY=VALUE,...
+    #[arg(long)]
+    pub labels: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant, reason = "parsed once per process")]
+pub enum ServicesCmd {
+    /// List services.
+    List,
+    /// Show a service.
+    Describe { service: String },
+    /// Change a service's settings (a template change deploys a new revision).
+    Update(Deploy),
+    /// Delete a service and its revisions.
+    Delete { service: String },
+    /// Show a service's IAM policy.
+    GetIamPolicy { service: String },
+    /// Replace a service's IAM policy with the one in FILE (JSON or YAML).
+    SetIamPolicy { service: String, file: PathBuf },
+    /// Grant a role on a service.
+    #[command(
+        after_help = "Example:\n  runnel run services add-iam-policy-binding receiver --member=serviceAccount:caller@PROJECT.iam.gserviceaccount.com --role=roles/run.invoker"
+    )]
+    AddIamPolicyBinding(ServiceBinding),
+    /// Revoke a role on a service.
+    RemoveIamPolicyBinding(ServiceBinding),
+}
+
+#[derive(Debug, Args)]
+pub struct ServiceBinding {
+    pub service: String,
+    #[command(flatten)]
+    pub binding: Binding,
+}
+
+#[derive(Debug, Args)]
+pub struct Binding {
+    /// allUsers, allAuthenticatedUsers, user:EMAIL, group:EMAIL, serviceAccount:EMAIL
+    #[arg(long)]
+    pub member: String,
+    /// A role, such as roles/run.invoker.
+    #[arg(long)]
+    pub role: String,
+    /// IAM conditions are not supported; runnel refuses rather than grant more than meant.
+    #[arg(long)]
+    pub condition: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RevisionsCmd {
+    /// List revisions (of one service with --service).
+    List {
+        #[arg(long)]
+        service: Option<String>,
+    },
+    /// Show a revision.
+    Describe { revision: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum IamCmd {
+    /// Manage service accounts.
+    #[command(subcommand)]
+    ServiceAccounts(AccountsCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AccountsCmd {
+    /// Create a service account.
+    #[command(after_help = "Example:\n  runnel iam service-accounts create caller --display-name=\"Calling service\"")]
+    Create {
+        /// Account id: 6-30 lowercase letters, digits and hyphens.
+        name: String,
+        #[arg(long)]
+        display_name: Option<String>,
+        #[arg(long)]
+        description: Option<String>,
+    },
+    /// List service accounts.
+    List,
+    /// Show a service account.
+    Describe { account: String },
+    /// Delete a service account (refused while a service runs as it).
+    Delete { account: String },
+    /// Disable a service account: it gets no tokens and its calls are refused.
+    Disable { account: String },
+    /// Enable a service account.
+    Enable { account: String },
+    /// Show a service account's IAM policy.
+    GetIamPolicy { account: String },
+    /// Grant a role on a service account (e.g. roles/iam.serviceAccountUser).
+    AddIamPolicyBinding {
+        account: String,
+        #[command(flatten)]
+        binding: Binding,
+    },
+    /// Revoke a role on a service account.
+    RemoveIamPolicyBinding {
+        account: String,
+        #[command(flatten)]
+        binding: Binding,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProjectsCmd {
+    /// Show the project's IAM policy.
+    GetIamPolicy { project: String },
+    /// Grant a role on the project (applies to all its resources).
+    AddIamPolicyBinding {
+        project: String,
+        #[command(flatten)]
+        binding: Binding,
+    },
+    /// Revoke a role on the project.
+    RemoveIamPolicyBinding {
+        project: String,
+        #[command(flatten)]
+        binding: Binding,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ComputeCmd {
+    /// VPC networks.
+    #[command(subcommand)]
+    Networks(NetworksCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NetworksCmd {
+    /// Create a VPC network (custom subnet mode).
+    #[command(after_help = "Example:\n  runnel compute networks create vpc")]
+    Create {
+        name: String,
+        /// Only `custom` is supported: add subnets yourself.
+        #[arg(long, default_value = "custom")]
+        subnet_mode: String,
+        #[arg(long)]
+        description: Option<String>,
+    },
+    List,
+    Describe {
+        name: String,
+    },
+    /// Delete a network (refused while subnets or connectors use it).
+    Delete {
+        name: String,
+    },
+    /// Subnets.
+    #[command(subcommand)]
+    Subnets(SubnetsCmd),
+    /// Serverless VPC Access.
+    #[command(subcommand, name = "vpc-access")]
+    VpcAccess(VpcAccessCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SubnetsCmd {
+    /// Create a subnet in a region.
+    #[command(
+        after_help = "Example:\n  runnel compute networks subnets create sub --network=vpc --range=10.0.0.0/24 --enable-private-ip-google-access"
+    )]
+    Create {
+        name: String,
+        #[arg(long)]
+        network: String,
+        /// IPv4 range, /8 to /29, in private space.
+        #[arg(long)]
+        range: String,
+        /// Private Google Access: service URLs reached through this subnet count as internal.
+        #[arg(long)]
+        enable_private_ip_google_access: bool,
+        #[arg(long)]
+        description: Option<String>,
+    },
+    /// List subnets (all regions unless --region).
+    List {
+        #[arg(long)]
+        network: Option<String>,
+    },
+    Describe {
+        name: String,
+    },
+    Delete {
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum VpcAccessCmd {
+    /// Connectors.
+    #[command(subcommand)]
+    Connectors(ConnectorsCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConnectorsCmd {
+    /// Create a connector with a network and an unused /28, or on an existing /28 subnet.
+    #[command(
+        after_help = "Examples:\n  runnel compute networks vpc-access connectors create conn --region=local1 --network=vpc --range=10.8.0.0/28\n  runnel compute networks vpc-access connectors create conn --region=local1 --subnet=conn-subnet"
+    )]
+    Create {
+        name: String,
+        #[arg(long)]
+        network: Option<String>,
+        #[arg(long)]
+        range: Option<String>,
+        #[arg(long)]
+        subnet: Option<String>,
+        #[arg(long)]
+        min_instances: Option<u32>,
+        #[arg(long)]
+        max_instances: Option<u32>,
+        #[arg(long)]
+        machine_type: Option<String>,
+    },
+    List,
+    Describe {
+        name: String,
+    },
+    /// Delete a connector (refused while a service uses it).
+    Delete {
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuthCmd {
+    /// API credentials for user principals.
+    #[command(subcommand)]
+    Credentials(CredentialsCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CredentialsCmd {
+    /// Issue a credential for a user; prints the secret once.
+    #[command(
+        after_help = "Example:\n  runnel auth credentials create --member=user:alice@example.com --output-file=alice.credential"
+    )]
+    Create {
+        #[arg(long)]
+        member: String,
+        #[arg(long)]
+        description: Option<String>,
+        /// Write the secret to this file (mode 0600) instead of printing it.
+        #[arg(long)]
+        output_file: Option<PathBuf>,
+    },
+    /// List credentials (never their secrets).
+    List,
+    /// Revoke a credential by id.
+    Revoke { id: String },
+}
