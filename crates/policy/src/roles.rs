@@ -296,3 +296,4 @@ mod tests {
         assert!(!is_role("roles/run.invokers"));
     }
 }
+
