@@ -65,15 +65,18 @@ impl ControlPlane {
         let mut placed = Vec::new();
         for s in scan::<Subnetwork>(r, "subnets/")? {
             if last_segment(&s.network) == network
-                && let Ok(range) = s.ip_cidr_range.parse() {
-                    placed.push(PlacedRange { holder: format!("subnet `{}`", s.name), range });
-                }
+                && let Ok(range) = s.ip_cidr_range.parse()
+            {
+                placed.push(PlacedRange { holder: format!("subnet `{}`", s.name), range });
+            }
         }
         for c in scan::<Connector>(r, "connectors/")? {
-            if c.network == network && c.subnet.is_none()
-                && let Ok(range) = c.ip_cidr_range.parse() {
-                    placed.push(PlacedRange { holder: format!("connector `{}`", last_segment(&c.name)), range });
-                }
+            if c.network == network
+                && c.subnet.is_none()
+                && let Ok(range) = c.ip_cidr_range.parse()
+            {
+                placed.push(PlacedRange { holder: format!("connector `{}`", last_segment(&c.name)), range });
+            }
         }
         Ok(placed)
     }

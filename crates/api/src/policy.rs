@@ -65,11 +65,12 @@ impl ControlPlane {
         let parsed = wire.parse()?;
         let current: Policy = get(w, key)?.unwrap_or_default();
         if let Some(tag) = &wire.etag
-            && tag != &etag(current.version) {
-                return Err(ApiError::aborted(
-                    "the policy changed since it was read (its etag is stale); read it again, apply your change, and retry",
-                ));
-            }
+            && tag != &etag(current.version)
+        {
+            return Err(ApiError::aborted(
+                "the policy changed since it was read (its etag is stale); read it again, apply your change, and retry",
+            ));
+        }
         let mut next = Policy { version: current.version + 1, bindings: Vec::new() };
         for (role, members) in parsed {
             if !roles::is_role(&role) {

@@ -21,6 +21,7 @@ use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::plane::ControlPlane;
 use crate::policy::{SetIamPolicyRequest, TestIamPermissionsRequest};
+use runnel_policy::iam::Principal;
 
 type Cp = State<Arc<ControlPlane>>;
 type Q = Query<HashMap<String, String>>;
@@ -90,7 +91,64 @@ fn split_verb(segment: &str) -> (&str, Option<&str>) {
 }
 
 fn unknown_verb(verb: &str) -> ApiError {
+    if verb.is_empty() {
+        return ApiError::not_found("this path needs a method after a colon, such as `:getIamPolicy`");
+    }
     ApiError::not_found(format!("`:{verb}` is not a method runnel offers here"))
+}
+
+/// A resource that carries an IAM policy.
+enum IamResource {
+    Project { project: String },
+    Service { project: String, region: String, name: String },
+    Account { project: String, account: String },
+}
+
+/// The three IAM methods every resource with a policy offers, in one place.
+async fn iam_verb(cp: Arc<ControlPlane>, who: Principal, target: IamResource, verb: &str, b: &Bytes) -> Response {
+    match verb {
+        "getIamPolicy" => json(
+            run(cp, move |cp| match &target {
+                IamResource::Project { project } => cp.get_project_policy(&who, project),
+                IamResource::Service { project, region, name } => cp.get_service_policy(&who, project, region, name),
+                IamResource::Account { project, account } => cp.get_account_policy(&who, project, account),
+            })
+            .await,
+        ),
+        "setIamPolicy" => json(
+            async {
+                let req: SetIamPolicyRequest = body(b)?;
+                run(cp, move |cp| match &target {
+                    IamResource::Project { project } => cp.set_project_policy(&who, project, &req.policy),
+                    IamResource::Service { project, region, name } => {
+                        cp.set_service_policy(&who, project, region, name, &req.policy)
+                    }
+                    IamResource::Account { project, account } => {
+                        cp.set_account_policy(&who, project, account, &req.policy)
+                    }
+                })
+                .await
+            }
+            .await,
+        ),
+        "testIamPermissions" => json(
+            async {
+                let req: TestIamPermissionsRequest = body(b)?;
+                run(cp, move |cp| match &target {
+                    IamResource::Project { project } => cp.test_project_permissions(&who, project, &req.permissions),
+                    IamResource::Service { project, region, name } => {
+                        cp.test_service_permissions(&who, project, region, name, &req.permissions)
+                    }
+                    IamResource::Account { project, account } => {
+                        cp.test_account_permissions(&who, project, account, &req.permissions)
+                    }
+                })
+                .await
+            }
+            .await,
+        ),
+        other => unknown_verb(other).into_response(),
+    }
 }
 
 // ---- Cloud Run services ---------------------------------------------------------------------
@@ -162,24 +220,9 @@ async fn service_post(
     b: Bytes,
 ) -> Response {
     let (name, verb) = split_verb(&s);
-    let name = name.to_string();
+    let target = IamResource::Service { project: p.clone(), region: l.clone(), name: name.to_string() };
     match verb {
-        Some("getIamPolicy") => json(run(cp, move |cp| cp.get_service_policy(&who, &p, &l, &name)).await),
-        Some("setIamPolicy") => json(
-            async {
-                let req: SetIamPolicyRequest = body(&b)?;
-                run(cp, move |cp| cp.set_service_policy(&who, &p, &l, &name, &req.policy)).await
-            }
-            .await,
-        ),
-        Some("testIamPermissions") => json(
-            async {
-                let req: TestIamPermissionsRequest = body(&b)?;
-                run(cp, move |cp| cp.test_service_permissions(&who, &p, &l, &name, &req.permissions)).await
-            }
-            .await,
-        ),
-        Some(v) => unknown_verb(v).into_response(),
+        Some(v) => iam_verb(cp, who, target, v, &b).await,
         None => ApiError::not_found(
             "POST on a service needs a method such as `:setIamPolicy`; to change a service use PATCH",
         )
@@ -217,26 +260,8 @@ async fn project_get(State(cp): Cp, Caller(who): Caller, Path(p): Path<String>) 
 
 async fn project_post(State(cp): Cp, Caller(who): Caller, Path(p): Path<String>, b: Bytes) -> Response {
     let (p, verb) = split_verb(&p);
-    let p = p.to_string();
-    match verb {
-        Some("getIamPolicy") => json(run(cp, move |cp| cp.get_project_policy(&who, &p)).await),
-        Some("setIamPolicy") => json(
-            async {
-                let req: SetIamPolicyRequest = body(&b)?;
-                run(cp, move |cp| cp.set_project_policy(&who, &p, &req.policy)).await
-            }
-            .await,
-        ),
-        Some("testIamPermissions") => json(
-            async {
-                let req: TestIamPermissionsRequest = body(&b)?;
-                run(cp, move |cp| cp.test_project_permissions(&who, &p, &req.permissions)).await
-            }
-            .await,
-        ),
-        Some(v) => unknown_verb(v).into_response(),
-        None => unknown_verb("").into_response(),
-    }
+    let target = IamResource::Project { project: p.to_string() };
+    iam_verb(cp, who, target, verb.unwrap_or_default(), &b).await
 }
 
 // ---- service accounts -----------------------------------------------------------------------
@@ -285,23 +310,7 @@ async fn account_post(State(cp): Cp, Caller(who): Caller, Path((p, a)): Path<(St
     match verb {
         Some("disable") => json(run(cp, move |cp| cp.set_account_disabled(&who, &p, &a, true)).await),
         Some("enable") => json(run(cp, move |cp| cp.set_account_disabled(&who, &p, &a, false)).await),
-        Some("getIamPolicy") => json(run(cp, move |cp| cp.get_account_policy(&who, &p, &a)).await),
-        Some("setIamPolicy") => json(
-            async {
-                let req: SetIamPolicyRequest = body(&b)?;
-                run(cp, move |cp| cp.set_account_policy(&who, &p, &a, &req.policy)).await
-            }
-            .await,
-        ),
-        Some("testIamPermissions") => json(
-            async {
-                let req: TestIamPermissionsRequest = body(&b)?;
-                run(cp, move |cp| cp.test_account_permissions(&who, &p, &a, &req.permissions)).await
-            }
-            .await,
-        ),
-        Some(v) => unknown_verb(v).into_response(),
-        None => unknown_verb("").into_response(),
+        verb => iam_verb(cp, who, IamResource::Account { project: p, account: a }, verb.unwrap_or_default(), &b).await,
     }
 }
 

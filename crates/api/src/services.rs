@@ -111,9 +111,10 @@ impl ControlPlane {
                 let parts: Vec<&str> = full.split('/').collect();
                 if let [_, _, _, region, _, service, _, rev] = parts.as_slice()
                     && let Some(revision) = get::<Revision>(r, &revision_key(region, service, rev))?
-                        && pred(&revision) {
-                            users.push(format!("service `{service}` in `{region}` (revision `{rev}`)"));
-                        }
+                    && pred(&revision)
+                {
+                    users.push(format!("service `{service}` in `{region}` (revision `{rev}`)"));
+                }
             }
         }
         users.dedup();
@@ -293,11 +294,13 @@ impl ControlPlane {
             .into());
         }
         if let Some(e) = &existing
-            && !incoming.etag.is_empty() && incoming.etag != e.etag {
-                return Err(ApiError::aborted(format!(
-                    "service `{name}` changed since it was read (its etag is stale); read it again, apply your change, and retry"
-                )));
-            }
+            && !incoming.etag.is_empty()
+            && incoming.etag != e.etag
+        {
+            return Err(ApiError::aborted(format!(
+                "service `{name}` changed since it was read (its etag is stale); read it again, apply your change, and retry"
+            )));
+        }
         let template = self.check_references(w, caller, region, incoming.template.clone())?;
         let time = now();
         let full = self.service_name(region, name);

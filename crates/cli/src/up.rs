@@ -65,7 +65,10 @@ pub async fn up(home_dir: &Path, args: Up) -> Result<()> {
 
     println!("runnel is up for project {} (number {})", project.project_id, project.project_number);
     println!("  api:        http://{api_addr}");
-    println!("  services:   http://SERVICE-{}.REGION.{}:{port}", project.project_number, args.domain);
+    println!(
+        "  service URLs: http://SERVICE-{}.REGION.{}:{port} (the frontend that serves them is not part of this build yet)",
+        project.project_number, args.domain
+    );
     println!("  state:      {}", home_dir.display());
     println!("  credential: {} (owner {})", home_dir.join(home::OWNER_CREDENTIAL).display(), args.owner);
     println!("Press Ctrl-C to stop.");
