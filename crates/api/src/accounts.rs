@@ -26,7 +26,7 @@ const NEXT_UID_KEY: &str = "meta/next_account_seq";
 const UID_BASE_KEY: &str = "meta/account_uid_base";
 
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateRequest {
     pub account_id: String,
     #[serde(default)]
@@ -34,7 +34,7 @@ pub struct CreateRequest {
 }
 
 #[derive(Debug, Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateDetails {
     #[serde(default)]
     pub display_name: String,
@@ -43,7 +43,7 @@ pub struct CreateDetails {
 }
 
 #[derive(Debug, Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PatchRequest {
     #[serde(default)]
     pub service_account: CreateDetails,

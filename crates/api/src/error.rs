@@ -20,6 +20,21 @@ impl ApiError {
         Self { code, status, message: message.into() }
     }
 
+    /// An error for a status that came from outside the control plane's own methods.
+    pub fn from_status(code: StatusCode, message: String) -> Self {
+        let status = match code.as_u16() {
+            401 => "UNAUTHENTICATED",
+            403 => "PERMISSION_DENIED",
+            404 => "NOT_FOUND",
+            405 => "UNIMPLEMENTED",
+            409 => "ABORTED",
+            429 => "RESOURCE_EXHAUSTED",
+            400..=499 => "INVALID_ARGUMENT",
+            _ => "INTERNAL",
+        };
+        Self::new(code, status, message)
+    }
+
     pub fn invalid(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT", message)
     }

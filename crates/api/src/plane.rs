@@ -133,7 +133,10 @@ impl ControlPlane {
     /// The role to suggest when someone lacks `permission`: the narrowest predefined role
     /// holding it.
     fn suggest_role(permission: &str) -> &'static str {
-        roles::role_names().find(|r| roles::role_grants(r, permission)).unwrap_or("roles/owner")
+        roles::role_names()
+            .filter(|r| roles::role_grants(r, permission))
+            .min_by_key(|r| roles::permissions_of(r).len())
+            .unwrap_or("roles/owner")
     }
 
     /// Checks that `caller` holds `permission` on `target`, through the target's own policy or

@@ -20,13 +20,18 @@ pub(crate) fn etag(version: u64) -> String {
 
 /// The body of `:setIamPolicy`.
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SetIamPolicyRequest {
     pub policy: WirePolicy,
+    /// Accepted as gcloud sends it; runnel models only `bindings` and `etag`, so the whole
+    /// policy is always what is set.
+    #[serde(default, rename = "updateMask")]
+    _update_mask: Option<serde_json::Value>,
 }
 
 /// The body of `:testIamPermissions`.
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TestIamPermissionsRequest {
     #[serde(default)]
     pub permissions: Vec<String>,

@@ -21,6 +21,7 @@ pub struct Bootstrap {
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CreateCredentialRequest {
     pub member: String,
     #[serde(default)]

@@ -57,7 +57,35 @@ pub fn app(cp: Arc<ControlPlane>) -> Router {
                 uri.path()
             ))
         })
+        .method_not_allowed_fallback(|method: Method, uri: axum::http::Uri| async move {
+            ApiError::from_status(
+                axum::http::StatusCode::METHOD_NOT_ALLOWED,
+                format!("{} does not accept {method}; see docs/api.md for the methods of each path", uri.path()),
+            )
+        })
+        .layer(axum::middleware::map_response(json_errors))
         .with_state(cp)
+}
+
+/// Some refusals come from axum itself before a handler runs (an undecodable path, a body over
+/// the size limit); they are rewritten into the API's JSON error shape like every other error.
+async fn json_errors(resp: Response) -> Response {
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return resp;
+    }
+    let text = axum::body::to_bytes(resp.into_body(), 64 * 1024).await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&text);
+    let message = if text.trim().is_empty() {
+        status.canonical_reason().unwrap_or("error").to_string()
+    } else {
+        text.trim().to_string()
+    };
+    ApiError::from_status(status, message).into_response()
 }
 
 /// Runs a control-plane method off the async threads: store commits wait for the disk.

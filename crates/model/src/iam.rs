@@ -200,7 +200,7 @@ impl Policy {
 
 /// A policy as sent and received on the wire (IAM v1 `Policy`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct WirePolicy {
     #[serde(default)]
     pub version: i32,
@@ -213,7 +213,7 @@ pub struct WirePolicy {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct WireBinding {
     pub role: String,
     #[serde(default)]

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::{Invalid, names, ranges};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Network {
     #[serde(default = "kind_network")]
     pub kind: String,
@@ -51,7 +51,7 @@ impl Network {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Subnetwork {
     #[serde(default = "kind_subnetwork")]
     pub kind: String,
@@ -111,7 +111,7 @@ impl Subnetwork {
 pub const MACHINE_TYPES: [&str; 3] = ["e2-micro", "f1-micro", "e2-standard-4"];
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ConnectorSubnet {
     #[serde(default)]
     pub name: String,
@@ -120,7 +120,7 @@ pub struct ConnectorSubnet {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Connector {
     #[serde(default)]
     pub name: String,
@@ -165,8 +165,8 @@ impl Connector {
             "e2-standard-4" => 1600,
             _ => 100,
         };
-        self.min_throughput = self.min_instances * per;
-        self.max_throughput = self.max_instances * per;
+        self.min_throughput = self.min_instances.saturating_mul(per);
+        self.max_throughput = self.max_instances.saturating_mul(per);
         self
     }
 

@@ -78,7 +78,7 @@ impl VpcEgress {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NetworkInterface {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub network: String,
@@ -89,7 +89,7 @@ pub struct NetworkInterface {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct VpcAccess {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub connector: String,
@@ -100,7 +100,7 @@ pub struct VpcAccess {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EnvVar {
     pub name: String,
     #[serde(default)]
@@ -108,7 +108,7 @@ pub struct EnvVar {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ContainerPort {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub name: String,
@@ -117,7 +117,7 @@ pub struct ContainerPort {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Container {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub name: String,
@@ -137,7 +137,7 @@ pub struct Container {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Scaling {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_instance_count: Option<u32>,
@@ -147,7 +147,7 @@ pub struct Scaling {
 
 /// The revision template: everything that, when changed, makes a new revision.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RevisionTemplate {
     /// Requested revision name; generated when empty.
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -189,7 +189,7 @@ pub fn parse_duration_seconds(field: &str, value: &str) -> Result<u64, Invalid> 
     }
     let secs: u64 = whole.parse().map_err(|_| bad())?;
     let round_up = frac.bytes().any(|b| b != b'0');
-    Ok(secs + u64::from(round_up))
+    secs.checked_add(u64::from(round_up)).ok_or_else(bad)
 }
 
 impl RevisionTemplate {
@@ -218,9 +218,11 @@ impl RevisionTemplate {
             self.timeout = format!("{DEFAULT_TIMEOUT_SECONDS}s");
         }
         if let Some(v) = &self.vpc_access
-            && v.connector.is_empty() && v.network_interfaces.is_empty() {
-                self.vpc_access = None;
-            }
+            && v.connector.is_empty()
+            && v.network_interfaces.is_empty()
+        {
+            self.vpc_access = None;
+        }
         self
     }
 
@@ -350,12 +352,14 @@ impl RevisionTemplate {
                 ));
             }
             if let Some(ni) = v.network_interfaces.first()
-                && ni.network.is_empty() && ni.subnetwork.is_empty() {
-                    return Err(Invalid::new(
-                        "template.vpcAccess.networkInterfaces[0]",
-                        "a network interface names a network, a subnet or both",
-                    ));
-                }
+                && ni.network.is_empty()
+                && ni.subnetwork.is_empty()
+            {
+                return Err(Invalid::new(
+                    "template.vpcAccess.networkInterfaces[0]",
+                    "a network interface names a network, a subnet or both",
+                ));
+            }
         }
         Ok(())
     }
@@ -373,7 +377,7 @@ impl RevisionTemplate {
 
 /// A status condition (`Ready`, `RoutesReady`, …).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Condition {
     #[serde(rename = "type")]
     pub kind: String,
@@ -389,7 +393,7 @@ pub struct Condition {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TrafficTarget {
     #[serde(rename = "type")]
     pub kind: String,
@@ -400,7 +404,7 @@ pub struct TrafficTarget {
 
 /// A service: stored and returned in this shape.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Service {
     #[serde(default)]
     pub name: String,
@@ -496,7 +500,7 @@ pub fn check_labels(field: &str, labels: &BTreeMap<String, String>) -> Result<()
 
 /// An immutable revision.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Revision {
     pub name: String,
     pub uid: String,

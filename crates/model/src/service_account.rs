@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use crate::{Invalid, names};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ServiceAccount {
     #[serde(default)]
     pub name: String,
