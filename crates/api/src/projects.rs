@@ -49,7 +49,7 @@ pub fn bootstrap(
         Some(p) => {
             if p.project_id != boot.project_id {
                 return Err(ApiError::failed_precondition(format!(
-                    "this RUNNEL_HOME holds project `{}`, not `{}`; start with `--project={}` or use another RUNNEL_HOME",
+                    "this RUNNEL_HOME holds project `{}`, not `{}`; start with `--project-id={}` or use another RUNNEL_HOME",
                     p.project_id, boot.project_id, p.project_id
                 )));
             }

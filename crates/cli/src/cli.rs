@@ -70,7 +70,7 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Examples:\n  runnel up\n  RUNNEL_HOME=/tmp/rn runnel up --api-address=127.0.0.1:0 --project=my-project"
+    after_help = "Examples:\n  runnel up\n  RUNNEL_HOME=/tmp/rn runnel up --api-address=127.0.0.1:0 --project-id=my-project"
 )]
 pub struct Up {
     /// Where the control-plane API listens (port 0 picks a free port).

@@ -10,6 +10,10 @@ use crate::cli::{AccountsCmd, Binding, IamCmd, ProjectsCmd};
 use crate::client::{Client, is_aborted};
 use crate::output::{Column, Format, print_list, print_value, s};
 
+/// How often a read-modify-write starts over before giving up. With N writers at once, one
+/// can be overtaken N-1 times, so this is generous; the jittered backoff spreads them out.
+const POLICY_ATTEMPTS: u32 = 30;
+
 /// Reads the policy, lets `change` edit it, and writes it back with the etag it was read
 /// with; when someone else changed it meanwhile (ABORTED), starts over, as gcloud does.
 async fn modify_policy(
@@ -18,15 +22,18 @@ async fn modify_policy(
     set_path: &str,
     change: impl Fn(&mut Value) -> Result<()>,
 ) -> Result<Value> {
+    use rand::Rng;
     let mut attempt = 0;
     loop {
         let mut policy = client.post(get_path, &json!({})).await?;
         change(&mut policy)?;
         match client.post(set_path, &json!({ "policy": policy })).await {
             Ok(p) => return Ok(p),
-            Err(e) if is_aborted(&e) && attempt < 8 => {
+            Err(e) if is_aborted(&e) && attempt + 1 < POLICY_ATTEMPTS => {
                 attempt += 1;
-                tokio::time::sleep(std::time::Duration::from_millis(20 << attempt.min(5))).await;
+                let ceiling = (10u64 << attempt.min(5)).min(250);
+                let wait = rand::rng().random_range(ceiling / 2..=ceiling);
+                tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
             }
             Err(e) => return Err(e),
         }
@@ -42,9 +49,10 @@ pub async fn add_binding(client: &Client, get_path: &str, set_path: &str, member
         match bindings.iter_mut().find(|b| b["role"] == role) {
             Some(b) => {
                 if let Some(members) = b["members"].as_array_mut()
-                    && !members.iter().any(|m| m == member) {
-                        members.push(json!(member));
-                    }
+                    && !members.iter().any(|m| m == member)
+                {
+                    members.push(json!(member));
+                }
             }
             None => bindings.push(json!({ "role": role, "members": [member] })),
         }

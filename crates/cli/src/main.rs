@@ -54,6 +54,17 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
+    // The sandbox's own stages run before anything else: entering namespaces needs a process
+    // with a single thread.
+    let argv: Vec<String> = std::env::args().collect();
+    match (argv.get(1).map(String::as_str), argv.get(2)) {
+        (Some(runnel_runtime::sandbox::STAGE1_ARG), Some(spec)) => {
+            let exe = std::env::current_exe().unwrap_or_else(|_| "/proc/self/exe".into());
+            return runnel_runtime::sandbox::stage1_main(spec, &exe);
+        }
+        (Some(runnel_runtime::sandbox::STAGE2_ARG), Some(spec)) => return runnel_runtime::sandbox::stage2_main(spec),
+        _ => {}
+    }
     let matches = Cli::command().get_matches();
     let name = command_path(&matches);
     let cli = match Cli::from_arg_matches(&matches) {
@@ -63,6 +74,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("RUNNEL_LOG").unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,

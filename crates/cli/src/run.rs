@@ -15,9 +15,10 @@ use crate::output::{Column, Format, last, print_list, print_value, s};
 pub fn split_list(value: &str) -> Vec<String> {
     if let Some(rest) = value.strip_prefix('^')
         && let Some((delim, items)) = rest.split_once('^')
-            && !delim.is_empty() {
-                return items.split(delim).map(str::to_string).collect();
-            }
+        && !delim.is_empty()
+    {
+        return items.split(delim).map(str::to_string).collect();
+    }
     if value.is_empty() {
         return Vec::new();
     }

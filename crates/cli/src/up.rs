@@ -40,6 +40,7 @@ fn frontend_port(addr: &str) -> Result<u16> {
 }
 
 pub async fn up(home_dir: &Path, args: Up) -> Result<()> {
+    let shutdown = Shutdown::register()?;
     home::prepare(home_dir)?;
     let port = frontend_port(&args.frontend_address)?;
     let owner_secret = home::owner_credential(home_dir)?;
@@ -74,23 +75,32 @@ pub async fn up(home_dir: &Path, args: Up) -> Result<()> {
     println!("Press Ctrl-C to stop.");
 
     let app = runnel_api::app(Arc::new(cp));
-    axum::serve(api, app).with_graceful_shutdown(shutdown_signal()).await.context("the API server failed")?;
+    axum::serve(api, app).with_graceful_shutdown(shutdown.wait()).await.context("the API server failed")?;
     let _ = std::fs::remove_file(home_dir.join(home::DAEMON_FILE));
     println!("runnel stopped.");
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+/// SIGINT and SIGTERM, registered before the daemon announces itself, so a stop request that
+/// comes at once still ends in a clean shutdown.
+struct Shutdown {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+impl Shutdown {
+    fn register() -> Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            int: signal(SignalKind::interrupt()).context("cannot handle SIGINT")?,
+            term: signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
+        })
+    }
+
+    async fn wait(mut self) {
+        tokio::select! {
+            _ = self.int.recv() => {}
+            _ = self.term.recv() => {}
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
     }
 }

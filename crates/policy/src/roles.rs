@@ -296,4 +296,3 @@ mod tests {
         assert!(!is_role("roles/run.invokers"));
     }
 }
-

@@ -25,6 +25,10 @@ pub enum StoreError {
         "the state store at {path} was written by a newer runnel (schema {found}, this runnel knows up to {known}); run a newer runnel or use another RUNNEL_HOME"
     )]
     NewerSchema { path: String, found: u64, known: u64 },
+    #[error(
+        "another runnel daemon is already using the state store at {path}; stop it first (its address is in daemon.json beside it), or start this one with another RUNNEL_HOME"
+    )]
+    Locked { path: String },
     #[error("state store failure: {0}")]
     Backend(String),
 }

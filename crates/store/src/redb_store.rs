@@ -20,7 +20,10 @@ impl RedbStore {
     /// second daemon on the same state fails here instead of corrupting it.
     pub fn open(path: &Path) -> Result<Self> {
         let shown = path.display().to_string();
-        let db = Database::create(path).map_err(|e| StoreError::Open { path: shown.clone(), source: Box::new(e) })?;
+        let db = Database::create(path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Locked { path: shown.clone() },
+            e => StoreError::Open { path: shown.clone(), source: Box::new(e) },
+        })?;
         let store = Self { db };
         store.ensure_table()?;
         migrate(&store, &shown)?;

@@ -1,0 +1,92 @@
+//! The instance's channels, as seen from inside: listeners in the sandbox's network namespace
+//! bridged to Unix sockets in its channel directory, which is the same directory the daemon
+//! sees under `$RUNNEL_HOME`. Each directory belongs to one instance, so the daemon knows who is
+//! calling from the socket a connection arrives on, whatever the request says.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use nix::mount::{MsFlags, mount};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+
+use super::spec::{CHANNEL_DIR, Channels, SandboxSpec};
+
+pub(super) struct Open {
+    port_listener: UnixListener,
+    metadata: TcpListener,
+    egress: TcpListener,
+    workload: SocketAddr,
+}
+
+fn path(name: &str) -> PathBuf {
+    Path::new(CHANNEL_DIR).join(name)
+}
+
+/// Binds every listener (the metadata one needs port 80, so this runs before privileges are
+/// dropped), then makes the channel directory read-only so the workload cannot replace them.
+pub(super) async fn open(spec: &SandboxSpec) -> Result<Open, String> {
+    let port_path = path(Channels::PORT);
+    let _ = std::fs::remove_file(&port_path);
+    let port_listener =
+        UnixListener::bind(&port_path).map_err(|e| format!("listen on {}: {e}", port_path.display()))?;
+    let metadata = TcpListener::bind(SandboxSpec::metadata_addr())
+        .await
+        .map_err(|e| format!("listen on the metadata address: {e}"))?;
+    let egress = TcpListener::bind(SandboxSpec::egress_addr())
+        .await
+        .map_err(|e| format!("listen on the egress proxy address: {e}"))?;
+    let dir = Path::new(CHANNEL_DIR);
+    mount(Some(dir), dir, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
+        .map_err(|e| format!("bind channels: {e}"))?;
+    mount(
+        None::<&str>,
+        dir,
+        None::<&str>,
+        MsFlags::MS_BIND
+            | MsFlags::MS_REMOUNT
+            | MsFlags::MS_RDONLY
+            | MsFlags::MS_NOSUID
+            | MsFlags::MS_NODEV
+            | MsFlags::MS_NOEXEC,
+        None::<&str>,
+    )
+    .map_err(|e| format!("seal channels: {e}"))?;
+    Ok(Open { port_listener, metadata, egress, workload: SocketAddr::from(([127, 0, 0, 1], spec.port)) })
+}
+
+async fn splice<A, B>(mut a: A, mut b: B)
+where
+    A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let _ = tokio::io::copy_bidirectional(&mut a, &mut b).await;
+}
+
+impl Open {
+    /// Serves every channel until the sandbox ends. A connection whose other end is not
+    /// there (the workload not yet listening, the daemon's socket gone) is closed at once,
+    /// which the caller sees as a refused connection.
+    pub(super) async fn serve(self) {
+        let Open { port_listener, metadata, egress, workload } = self;
+        let inbound = async move {
+            while let Ok((conn, _)) = port_listener.accept().await {
+                tokio::spawn(async move {
+                    if let Ok(app) = TcpStream::connect(workload).await {
+                        let _ = app.set_nodelay(true);
+                        splice(conn, app).await;
+                    }
+                });
+            }
+        };
+        let outbound = |listener: TcpListener, name: &'static str| async move {
+            while let Ok((conn, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    if let Ok(daemon) = UnixStream::connect(path(name)).await {
+                        splice(conn, daemon).await;
+                    }
+                });
+            }
+        };
+        tokio::join!(inbound, outbound(metadata, Channels::METADATA), outbound(egress, Channels::EGRESS));
+    }
+}

@@ -1,0 +1,67 @@
+//! The sandbox every instance runs in, built by runnel itself from Linux namespaces.
+//!
+//! Why runnel's own code rather than bubblewrap: the sandbox must also carry the instance's
+//! channels (listeners inside its network namespace bridged to Unix sockets the daemon owns),
+//! and runnel must run with nothing else installed. The setup is short and written to the same
+//! rules bubblewrap follows: an unprivileged user namespace (a root daemon first drops to
+//! `nobody`, so the instance never maps to host root), `MS_PRIVATE` propagation, a fresh tmpfs
+//! root with read-only binds of the host, `pivot_root` and a detached old root, all
+//! capabilities dropped and `no_new_privs` before the workload runs.
+//!
+//! The process tree is:
+//!
+//! ```text
+//! daemon ─► runnel __sandbox (stage 1: unshares the namespaces, maps ids, sets up loopback)
+//!              └─► runnel __sandbox-init (stage 2: PID 1; mounts, pivot_root, channels)
+//!                     └─► the revision's command
+//! ```
+//!
+//! Stage 1 exists because a new PID namespace applies to the children of the process that
+//! creates it. Both stages die with their parent (`PR_SET_PDEATHSIG`), and when stage 2, PID 1,
+//! exits the kernel kills everything left in the namespace: no process outlives its instance.
+
+mod channels;
+mod init;
+mod mounts;
+mod netlink;
+mod reaper;
+mod spec;
+
+pub use init::{stage1_main, stage2_main};
+pub use spec::{CHANNEL_DIR, Channels, EGRESS_PROXY, METADATA_ADDR, SandboxSpec};
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+/// The hidden subcommands the `runnel` binary dispatches to before anything else runs
+/// (namespaces can only be entered by a single-threaded process).
+pub const STAGE1_ARG: &str = "__sandbox";
+pub const STAGE2_ARG: &str = "__sandbox-init";
+
+/// Starts an instance in a new sandbox. `exe` is the runnel binary; stdout and stderr of the
+/// workload come out of the returned child's pipes.
+pub fn spawn(exe: &Path, spec: &SandboxSpec) -> std::io::Result<Child> {
+    let json = serde_json::to_string(spec).map_err(std::io::Error::other)?;
+    Command::new(exe)
+        .arg(STAGE1_ARG)
+        .arg(json)
+        .env_clear()
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+}
+
+/// Whether this kernel lets runnel build sandboxes: tries a throwaway user + network namespace
+/// in a child process, so the daemon can refuse to start (or fall back only when told to)
+/// before any instance is at stake.
+pub fn probe(exe: &Path) -> Result<(), String> {
+    let out = Command::new(exe)
+        .arg(STAGE1_ARG)
+        .arg("probe")
+        .env_clear()
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", exe.display()))?;
+    if out.status.success() { Ok(()) } else { Err(String::from_utf8_lossy(&out.stderr).trim().to_string()) }
+}

@@ -1,0 +1,58 @@
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// Where the instance's channel directory appears inside the sandbox.
+pub const CHANNEL_DIR: &str = "/run/runnel";
+
+/// The metadata server's address inside every sandbox, as on Google Cloud.
+pub const METADATA_ADDR: &str = "169.254.169.254:80";
+
+/// The egress proxy's fixed loopback address inside every sandbox.
+pub const EGRESS_PROXY: &str = "127.0.0.1:3128";
+
+/// The Unix sockets of one instance, as file names in its channel directory.
+#[derive(Debug, Clone)]
+pub struct Channels;
+
+impl Channels {
+    /// Listened on by the sandbox; connects to the workload's port. The daemon's only way in.
+    pub const PORT: &'static str = "port.sock";
+    /// Listened on by the daemon; the sandbox's metadata listener forwards here.
+    pub const METADATA: &'static str = "metadata.sock";
+    /// Listened on by the daemon; the sandbox's egress proxy listener forwards here.
+    pub const EGRESS: &'static str = "egress.sock";
+}
+
+/// Everything stage 1 and 2 need, passed as one JSON argument.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SandboxSpec {
+    /// The instance's own directory on the host (under `$RUNNEL_HOME`), holding `root/` (the
+    /// mount point of the new root), `run/` (its channels) and `hosts`.
+    pub dir: PathBuf,
+    /// Host paths that must not exist inside: `$RUNNEL_HOME` and the daemon user's credential
+    /// directories.
+    pub hide: Vec<PathBuf>,
+    pub command: String,
+    pub args: Vec<String>,
+    /// The whole environment of the workload; nothing else is inherited.
+    pub env: Vec<(String, String)>,
+    /// Inside the sandbox; `/` when empty.
+    pub working_dir: PathBuf,
+    /// The workload's port, reached through the `port.sock` channel.
+    pub port: u16,
+    pub hostname: String,
+    /// Size limit of the in-memory `/tmp`, in MiB.
+    pub tmp_mib: u32,
+}
+
+impl SandboxSpec {
+    pub fn metadata_addr() -> SocketAddr {
+        SocketAddr::from(([169, 254, 169, 254], 80))
+    }
+
+    pub fn egress_addr() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 3128))
+    }
+}
