@@ -18,9 +18,11 @@ mod policy;
 mod projects;
 mod routes;
 mod services;
+mod serving;
 
 pub use auth::new_secret;
 pub use error::{ApiError, ApiResult};
-pub use plane::{ControlPlane, Project, Settings};
+pub use plane::{ControlPlane, LogReader, Project, Settings};
 pub use projects::{Bootstrap, bootstrap};
 pub use routes::app;
+pub use serving::{Desired, Outcome};

@@ -34,6 +34,17 @@ pub struct ControlPlane {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) project: Project,
     pub(crate) settings: Settings,
+    /// Whether instances run: then a revision is ready only when the runtime reports so.
+    pub(crate) runtime: bool,
+    /// Counts committed writes, so the daemon's reconciler wakes on every change.
+    pub(crate) changes: tokio::sync::watch::Sender<u64>,
+    pub(crate) logs: Option<Arc<dyn LogReader>>,
+}
+
+/// Reads a service's logs for the API; the daemon provides it.
+pub trait LogReader: Send + Sync + 'static {
+    /// The last `limit` records of `kind` (`instances` or `requests`), oldest first.
+    fn read(&self, region: &str, service: &str, kind: &str, limit: usize) -> Vec<serde_json::Value>;
 }
 
 pub(crate) const PROJECT_KEY: &str = "project";
@@ -107,7 +118,20 @@ pub(crate) struct Target<'a> {
 
 impl ControlPlane {
     pub fn new(store: Arc<dyn Store>, project: Project, settings: Settings) -> Self {
-        Self { store, project, settings }
+        Self { store, project, settings, runtime: false, changes: tokio::sync::watch::channel(0).0, logs: None }
+    }
+
+    /// Makes readiness come from running instances (see [`ControlPlane::report`]) and gives
+    /// the API the service logs.
+    pub fn with_runtime(mut self, logs: Arc<dyn LogReader>) -> Self {
+        self.runtime = true;
+        self.logs = Some(logs);
+        self
+    }
+
+    /// Wakes on every committed change.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     pub fn project(&self) -> &Project {
@@ -219,6 +243,7 @@ impl ControlPlane {
         let mut txn = self.store.write()?;
         let out = f(txn.as_mut())?;
         txn.commit()?;
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
         Ok(out)
     }
 

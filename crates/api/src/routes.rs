@@ -49,6 +49,7 @@ pub fn app(cp: Arc<ControlPlane>) -> Router {
         .route("/compute/v1/projects/{p}/global/networks/{n}", get(get_network).delete(delete_network))
         .route("/compute/v1/projects/{p}/regions/{r}/subnetworks", get(list_subnets).post(create_subnet))
         .route("/compute/v1/projects/{p}/regions/{r}/subnetworks/{s}", get(get_subnet).delete(delete_subnet))
+        .route("/runnel/v1/projects/{p}/locations/{l}/services/{s}/logs", get(read_logs))
         .route("/runnel/v1/projects/{p}/credentials", get(list_credentials).post(create_credential))
         .route("/runnel/v1/projects/{p}/credentials/{c}", axum::routing::delete(delete_credential))
         .fallback(|method: Method, uri: axum::http::Uri| async move {
@@ -429,6 +430,17 @@ async fn delete_subnet(
     Path((p, r, s)): Path<(String, String, String)>,
 ) -> Response {
     json(run(cp, move |cp| cp.delete_subnet(&who, &p, &r, &s)).await)
+}
+
+async fn read_logs(
+    State(cp): Cp,
+    Caller(who): Caller,
+    Path((p, l, s)): Path<(String, String, String)>,
+    Query(q): Q,
+) -> Response {
+    let kind = q.get("kind").cloned().unwrap_or_else(|| "instances".into());
+    let limit = q.get("limit").and_then(|v| v.parse().ok()).unwrap_or(100);
+    json(run(cp, move |cp| cp.read_logs(&who, &p, &l, &s, &kind, limit)).await)
 }
 
 // ---- credentials ----------------------------------------------------------------------------

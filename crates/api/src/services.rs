@@ -50,6 +50,16 @@ fn ready(time: &str) -> Condition {
     }
 }
 
+fn reconciling(time: &str) -> Condition {
+    Condition {
+        kind: "Ready".into(),
+        state: "CONDITION_RECONCILING".into(),
+        last_transition_time: time.to_string(),
+        message: "Starting instances and waiting for the startup probe.".into(),
+        ..Default::default()
+    }
+}
+
 impl ControlPlane {
     pub(crate) fn service_name(&self, region: &str, name: &str) -> String {
         format!("projects/{}/locations/{region}/services/{name}", self.project.project_id)
@@ -345,14 +355,19 @@ impl ControlPlane {
         if make_revision {
             let rev = self.insert_revision(w, region, name, &s)?;
             s.latest_created_revision = rev.clone();
-            // Until instances run, a revision is ready as soon as it is recorded.
-            s.latest_ready_revision = rev;
+            if !self.runtime {
+                // Without a runtime (a control plane alone), a revision is ready once recorded.
+                s.latest_ready_revision = rev;
+            }
         }
         s.observed_generation = s.generation;
-        s.terminal_condition = Some(ready(&time));
+        let pending = s.latest_ready_revision != s.latest_created_revision;
+        let state = if pending { reconciling(&time) } else { ready(&time) };
+        s.reconciling = pending;
+        s.terminal_condition = Some(state.clone());
         s.conditions = vec![
-            Condition { kind: "RoutesReady".into(), ..ready(&time) },
-            Condition { kind: "ConfigurationsReady".into(), ..ready(&time) },
+            Condition { kind: "RoutesReady".into(), ..state.clone() },
+            Condition { kind: "ConfigurationsReady".into(), ..state },
         ];
         s.traffic_statuses = vec![TrafficTarget {
             kind: LATEST.into(),
@@ -404,7 +419,7 @@ impl ControlPlane {
             timeout: t.timeout.clone(),
             service_account: t.service_account.clone(),
             containers: t.containers.clone(),
-            conditions: vec![ready(&time)],
+            conditions: vec![if self.runtime { reconciling(&time) } else { ready(&time) }],
             observed_generation: 1,
             etag: String::new(),
         };

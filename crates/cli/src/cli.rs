@@ -91,6 +91,27 @@ pub struct Up {
     /// Default region for clients.
     #[arg(long, default_value = "local1")]
     pub default_region: String,
+    /// What this daemon does: everything, or only the control plane (API and store, no
+    /// instances and no frontend; revisions are recorded as ready at once).
+    #[arg(long, value_enum, default_value = "all")]
+    pub role: Role,
+    /// Seconds a new instance has to start listening on its port before it counts as failed.
+    #[arg(long, default_value_t = 120, value_name = "SECONDS")]
+    pub startup_deadline: u64,
+    /// Worker threads of the frontend [default: share the daemon's threads].
+    #[arg(long, value_name = "N")]
+    pub frontend_threads: Option<std::num::NonZeroUsize>,
+    /// Allow the frontend on a non-loopback address without TLS.
+    #[arg(long)]
+    pub allow_insecure_frontend: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Role {
+    /// Control plane, instances and frontend.
+    All,
+    /// Only the control plane.
+    ControlPlane,
 }
 
 #[derive(Debug, Subcommand)]
@@ -125,7 +146,7 @@ pub struct DeployFlags {
     /// Arguments, comma-separated.
     #[arg(long, allow_hyphen_values = true)]
     pub args: Option<String>,
-    /// Working directory of the process.
+    /// Working directory of the process [default: the current directory when the service is created].
     #[arg(long)]
     pub working_dir: Option<String>,
     /// Image label only; runnel runs `--command` on the host's files.
@@ -237,6 +258,31 @@ pub enum ServicesCmd {
     AddIamPolicyBinding(ServiceBinding),
     /// Revoke a role on a service.
     RemoveIamPolicyBinding(ServiceBinding),
+    /// Read a service's logs: its instances' output, or with --requests its request log.
+    #[command(subcommand)]
+    Logs(LogsCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LogsCmd {
+    /// Print the latest log entries.
+    #[command(
+        after_help = "Examples:\n  runnel run services logs read receiver --limit=50\n  runnel run services logs read receiver --requests"
+    )]
+    Read {
+        service: String,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// The request log (one record per request) instead of instance output.
+        #[arg(long)]
+        requests: bool,
+    },
+    /// Print new log entries as they arrive, until Ctrl-C.
+    Tail {
+        service: String,
+        #[arg(long)]
+        requests: bool,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -86,6 +86,9 @@ pub fn owner_credential(home: &Path) -> Result<String> {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DaemonInfo {
     pub api: String,
+    /// The frontend's address, when this daemon runs instances.
+    #[serde(default)]
+    pub frontend: Option<String>,
     pub project: String,
     pub region: String,
     pub pid: u32,

@@ -8,6 +8,7 @@ mod compute;
 mod credentials;
 mod home;
 mod iam;
+mod node;
 mod output;
 mod run;
 mod up;

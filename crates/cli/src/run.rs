@@ -4,9 +4,9 @@ use anyhow::{Result, anyhow, bail};
 use runnel_model::service::{
     Container, ContainerPort, EnvVar, Ingress, NetworkInterface, Service, VpcAccess, VpcEgress,
 };
-use serde_json::json;
+use serde_json::{Value, json};
 
-use crate::cli::{Deploy, DeployFlags, RevisionsCmd, RunCmd, ServicesCmd};
+use crate::cli::{Deploy, DeployFlags, LogsCmd, RevisionsCmd, RunCmd, ServicesCmd};
 use crate::client::Client;
 use crate::iam::{add_binding, print_policy, remove_binding, set_policy_from_file};
 use crate::output::{Column, Format, last, print_list, print_value, s};
@@ -194,13 +194,19 @@ async fn deploy(client: &Client, d: &Deploy, must_exist: bool) -> Result<()> {
         }
     };
     apply_flags(client, &mut svc, &d.service, &d.flags)?;
+    if existing.is_none() && d.flags.working_dir.is_none() {
+        // runnel runs the host's files: a new service starts where it was deployed from, so
+        // `--args=app.py` finds app.py.
+        if let (Some(c), Ok(cwd)) = (svc.template.containers.first_mut(), std::env::current_dir()) {
+            c.working_dir = cwd.display().to_string();
+        }
+    }
     eprintln!("Deploying to Cloud Run service [{}] in project [{}] region [{region}]", d.service, client.project);
     let body = serde_json::to_value(&svc)?;
     let op = match existing {
         Some(_) => client.patch(&path, &body).await?,
         None => client.post(&format!("{}/services?serviceId={}", client.run_parent(&region), d.service), &body).await?,
     };
-    let result = &op["response"];
     if d.flags.allow_unauthenticated {
         add_binding(
             client,
@@ -222,6 +228,7 @@ async fn deploy(client: &Client, d: &Deploy, must_exist: bool) -> Result<()> {
         )
         .await?;
     }
+    let result = &wait_until_serving(client, &path, &op["response"]).await?;
     println!(
         "Service [{}] revision [{}] has been deployed and is serving 100 percent of traffic.",
         d.service,
@@ -229,6 +236,97 @@ async fn deploy(client: &Client, d: &Deploy, must_exist: bool) -> Result<()> {
     );
     println!("Service URL: {}", s(&result["uri"]));
     Ok(())
+}
+
+/// Waits until the newest revision serves, or reports why it cannot: the deploy's result is
+/// what the service does, not what was recorded.
+async fn wait_until_serving(client: &Client, path: &str, first: &Value) -> Result<Value> {
+    let created = s(&first["latestCreatedRevision"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15 * 60);
+    let mut current = first.clone();
+    let mut said = false;
+    loop {
+        if s(&current["latestReadyRevision"]) == created {
+            return Ok(current);
+        }
+        if current["terminalCondition"]["state"] == "CONDITION_FAILED" {
+            bail!("{}", s(&current["terminalCondition"]["message"]));
+        }
+        if std::time::Instant::now() > deadline {
+            bail!(
+                "revision [{}] did not become ready within 15 minutes; see `runnel run services logs read`",
+                last(&json!(created))
+            );
+        }
+        if !said {
+            eprintln!("Waiting for revision [{}] to pass its startup probe...", last(&json!(created)));
+            said = true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        current = client.get(path).await?;
+    }
+}
+
+fn print_logs(format: Format, entries: &[Value], requests: bool) -> Result<()> {
+    if format != Format::Table {
+        return print_list(format, entries, &[]);
+    }
+    for e in entries {
+        if requests {
+            let r = &e["httpRequest"];
+            println!(
+                "{} {} {} {} {} {}",
+                s(&e["timestamp"]),
+                s(&r["status"]),
+                s(&r["requestMethod"]),
+                s(&r["requestUrl"]),
+                s(&r["latency"]),
+                s(&e["revision"])
+            );
+        } else {
+            println!(
+                "{} {} {} {}: {}",
+                s(&e["timestamp"]),
+                s(&e["revision"]),
+                s(&e["instance"]),
+                s(&e["stream"]),
+                s(&e["textPayload"])
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn logs(client: &Client, format: Format, region: &str, cmd: LogsCmd) -> Result<()> {
+    let (service, requests, limit, follow) = match cmd {
+        LogsCmd::Read { service, limit, requests } => (service, requests, limit, false),
+        LogsCmd::Tail { service, requests } => (service, requests, 20, true),
+    };
+    let kind = if requests { "requests" } else { "instances" };
+    let path = |limit: usize| {
+        format!(
+            "/runnel/v1/projects/{}/locations/{region}/services/{service}/logs?kind={kind}&limit={limit}",
+            client.project
+        )
+    };
+    let entries = client.get(&path(limit)).await?["entries"].as_array().cloned().unwrap_or_default();
+    print_logs(format, &entries, requests)?;
+    if !follow {
+        return Ok(());
+    }
+    let mut seen = entries.last().cloned();
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        let entries = client.get(&path(1000)).await?["entries"].as_array().cloned().unwrap_or_default();
+        let start = match &seen {
+            Some(last) => entries.iter().rposition(|e| e == last).map(|i| i + 1).unwrap_or(0),
+            None => 0,
+        };
+        if start < entries.len() {
+            print_logs(format, &entries[start..], requests)?;
+            seen = entries.last().cloned();
+        }
+    }
 }
 
 fn service_columns() -> Vec<Column> {
@@ -255,6 +353,7 @@ pub async fn run(client: &Client, format: Format, cmd: RunCmd) -> Result<()> {
     match cmd {
         RunCmd::Deploy(d) => deploy(client, &d, false).await,
         RunCmd::Services(ServicesCmd::Update(d)) => deploy(client, &d, true).await,
+        RunCmd::Services(ServicesCmd::Logs(cmd)) => logs(client, format, &region, cmd).await,
         RunCmd::Services(ServicesCmd::List) => {
             let v = client.get(&format!("{}/services", client.run_parent(&region))).await?;
             let items = v["services"].as_array().cloned().unwrap_or_default();

@@ -5,15 +5,20 @@
 //! file lock refuses a second daemon on the same home.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
 use runnel_api::{Bootstrap, Settings};
+use runnel_gateway::{Frontend, FrontendConfig};
+use runnel_runtime::logs::LogStore;
+use runnel_runtime::pool::Host;
 use runnel_store::RedbStore;
 
-use crate::cli::Up;
+use crate::cli::{Role, Up};
 use crate::home::{self, DaemonInfo};
+use crate::node::{Logs, Node, Routes};
 
 /// Binds a listener, or says which port is taken and which flag moves it.
 async fn bind(addr: &str, flag: &str) -> Result<tokio::net::TcpListener> {
@@ -39,10 +44,53 @@ fn frontend_port(addr: &str) -> Result<u16> {
     Ok(parsed.port())
 }
 
+/// Paths of the daemon user that no instance may see, besides `$RUNNEL_HOME`: where Google,
+/// cloud and SSH credentials usually live.
+fn hidden_paths(home_dir: &Path) -> Vec<PathBuf> {
+    let mut hide = vec![home_dir.to_path_buf()];
+    if let Some(user_home) = std::env::var_os("HOME").map(PathBuf::from) {
+        for p in
+            [".config/gcloud", ".ssh", ".aws", ".azure", ".docker", ".kube", ".netrc", ".git-credentials", ".gnupg"]
+        {
+            hide.push(user_home.join(p));
+        }
+    }
+    if let Some(adc) = std::env::var_os("GOOGLE_APPLICATION_CREDENTIALS").map(PathBuf::from) {
+        hide.push(adc);
+    }
+    hide
+}
+
+/// The frontend listens on loopback unless told otherwise: without TLS, another address
+/// exposes every service (and later its tokens) on the network.
+fn check_frontend_address(addr: &str, allow_insecure: bool) -> Result<()> {
+    let parsed: SocketAddr = addr
+        .parse()
+        .map_err(|_| anyhow!("`{addr}` is not an address such as 127.0.0.1:7781 (flag `--frontend-address`)"))?;
+    if !parsed.ip().is_loopback() && !allow_insecure {
+        return Err(anyhow!(
+            "the frontend would listen on {parsed}, which is not loopback, without TLS; runnel does not serve TLS yet, so pass `--allow-insecure-frontend` if you accept plain HTTP on that network, or use a loopback address"
+        ));
+    }
+    Ok(())
+}
+
 pub async fn up(home_dir: &Path, args: Up) -> Result<()> {
     let shutdown = Shutdown::register()?;
     home::prepare(home_dir)?;
-    let port = frontend_port(&args.frontend_address)?;
+    let node = args.role == Role::All;
+    let exe = std::env::current_exe().context("cannot find the runnel binary to run sandboxes with")?;
+    if node {
+        check_frontend_address(&args.frontend_address, args.allow_insecure_frontend)?;
+        runnel_runtime::sandbox::probe(&exe)
+            .map_err(|e| anyhow!("runnel cannot build sandboxes for instances on this machine: {e}"))?;
+    }
+    // The frontend is bound first: service URLs carry its real port (port 0 picks one).
+    let frontend = if node { Some(bind(&args.frontend_address, "--frontend-address").await?) } else { None };
+    let port = match &frontend {
+        Some(l) => l.local_addr()?.port(),
+        None => frontend_port(&args.frontend_address)?,
+    };
     let owner_secret = home::owner_credential(home_dir)?;
     let store_path = home_dir.join(home::STATE_FILE);
     let store = RedbStore::open(&store_path).map_err(|e| anyhow!("{e}"))?;
@@ -51,13 +99,71 @@ pub async fn up(home_dir: &Path, args: Up) -> Result<()> {
     let url_suffix = if port == 80 { args.domain.clone() } else { format!("{}:{port}", args.domain) };
     let settings = Settings { url_suffix, default_region: args.default_region.clone() };
     let boot = Bootstrap { project_id: args.project_id.clone(), owner: args.owner.clone(), owner_secret };
-    let cp = runnel_api::bootstrap(Arc::new(store), &boot, settings).map_err(|e| anyhow!("{}", e.message))?;
+    let mut cp = runnel_api::bootstrap(Arc::new(store), &boot, settings).map_err(|e| anyhow!("{}", e.message))?;
+    let logs = Arc::new(LogStore::new(home_dir.join("logs"), 8 * 1024 * 1024));
+    let sink = Arc::new(Logs(logs.clone()));
+    if node {
+        cp = cp.with_runtime(sink.clone());
+    }
+    let cp = Arc::new(cp);
     let project = cp.project().clone();
 
     let api = bind(&args.api_address, "--api-address").await?;
     let api_addr = api.local_addr()?;
+
+    // The node: instances and the frontend.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut node_task = None;
+    let mut frontend_task = None;
+    let mut frontend_addr = None;
+    if let Some(listener) = frontend {
+        frontend_addr = Some(listener.local_addr()?);
+        let instances_dir = home_dir.join("i");
+        let _ = std::fs::remove_dir_all(&instances_dir);
+        std::fs::create_dir_all(&instances_dir)?;
+        std::fs::set_permissions(&instances_dir, std::os::unix::fs::PermissionsExt::from_mode(0o711))?;
+        let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
+        let host = Arc::new(Host {
+            exe,
+            instances_dir,
+            hide: hidden_paths(home_dir),
+            output: sink.clone(),
+            events: events_tx,
+        });
+        let routes = Arc::new(Routes::default());
+        let node = Node {
+            cp: cp.clone(),
+            host,
+            routes: routes.clone(),
+            startup_deadline: Duration::from_secs(args.startup_deadline),
+            logs: logs.clone(),
+        };
+        node_task = Some(tokio::spawn(node.run(events_rx, stop_rx.clone())));
+        let front = Arc::new(Frontend::new(routes, sink.clone(), FrontendConfig::default()));
+        let mut stop = stop_rx.clone();
+        let wait = async move {
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        frontend_task = Some(match args.frontend_threads {
+            Some(n) => {
+                // A runtime of its own, so the frontend's thread count is exactly what was asked.
+                let rt = runnel_gateway::build_runtime(Some(n)).context("cannot start the frontend's threads")?;
+                let std_listener = listener.into_std()?;
+                tokio::task::spawn_blocking(move || {
+                    rt.block_on(async move {
+                        if let Ok(l) = tokio::net::TcpListener::from_std(std_listener) {
+                            front.serve(l, wait).await;
+                        }
+                    })
+                })
+            }
+            None => tokio::spawn(front.serve(listener, wait)),
+        });
+    }
+
     let info = DaemonInfo {
         api: format!("http://{api_addr}"),
+        frontend: frontend_addr.map(|a| format!("http://{a}")),
         project: project.project_id.clone(),
         region: args.default_region.clone(),
         pid: std::process::id(),
@@ -65,17 +171,31 @@ pub async fn up(home_dir: &Path, args: Up) -> Result<()> {
     home::write_private(&home_dir.join(home::DAEMON_FILE), serde_json::to_string_pretty(&info)?.as_bytes())?;
 
     println!("runnel is up for project {} (number {})", project.project_id, project.project_number);
-    println!("  api:        http://{api_addr}");
-    println!(
-        "  service URLs: http://SERVICE-{}.REGION.{}:{port} (the frontend that serves them is not part of this build yet)",
-        project.project_number, args.domain
-    );
-    println!("  state:      {}", home_dir.display());
-    println!("  credential: {} (owner {})", home_dir.join(home::OWNER_CREDENTIAL).display(), args.owner);
+    println!("  api:          http://{api_addr}");
+    match frontend_addr {
+        Some(a) => println!(
+            "  frontend:     http://{a}  (services at http://SERVICE-{}.REGION.{}:{port})",
+            project.project_number, args.domain
+        ),
+        None => println!(
+            "  frontend:     none (--role=control-plane); service URLs are http://SERVICE-{}.REGION.{}:{port}",
+            project.project_number, args.domain
+        ),
+    }
+    println!("  state:        {}", home_dir.display());
+    println!("  credential:   {} (owner {})", home_dir.join(home::OWNER_CREDENTIAL).display(), args.owner);
     println!("Press Ctrl-C to stop.");
 
-    let app = runnel_api::app(Arc::new(cp));
+    let app = runnel_api::app(cp.clone());
     axum::serve(api, app).with_graceful_shutdown(shutdown.wait()).await.context("the API server failed")?;
+    // Stop instances (SIGTERM, then SIGKILL after 10 s) and the frontend before saying so.
+    let _ = stop_tx.send(true);
+    if let Some(t) = node_task {
+        let _ = t.await;
+    }
+    if let Some(t) = frontend_task {
+        let _ = tokio::time::timeout(Duration::from_secs(15), t).await;
+    }
     let _ = std::fs::remove_file(home_dir.join(home::DAEMON_FILE));
     println!("runnel stopped.");
     Ok(())

@@ -170,6 +170,11 @@ pub struct RevisionTemplate {
 }
 
 pub const DEFAULT_PORT: u32 = 8080;
+/// Ports the sandbox itself listens on inside every instance: an instance binding `0.0.0.0`
+/// on one of them would collide with the metadata server or the egress proxy.
+pub const RESERVED_PORTS: [u32; 2] = [80, 3128];
+/// Instances a revision may grow to when it sets no maximum (runnel runs on one machine).
+pub const DEFAULT_MAX_INSTANCES: u32 = 10;
 pub const DEFAULT_CONCURRENCY: u32 = 80;
 pub const DEFAULT_TIMEOUT_SECONDS: u64 = 300;
 pub const MAX_TIMEOUT_SECONDS: u64 = 3600;
@@ -288,6 +293,15 @@ impl RevisionTemplate {
         }
         match c.ports.as_slice() {
             [] => {}
+            [p] if RESERVED_PORTS.contains(&p.container_port) => {
+                return Err(Invalid::new(
+                    "template.containers[0].ports[0].containerPort",
+                    format!(
+                        "port `{}` is taken inside runnel's sandbox (80 by the metadata server at 169.254.169.254, 3128 by the egress proxy); make the program listen on $PORT and deploy with another `--port`, such as 8080",
+                        p.container_port
+                    ),
+                ));
+            }
             [p] if (1..=65535).contains(&p.container_port) => {}
             [p] => {
                 return Err(Invalid::new(
@@ -602,6 +616,16 @@ mod tests {
                 "port 0",
                 |t| t.containers[0].ports[0].container_port = 70000,
                 "template.containers[0].ports[0].containerPort: port `70000` is not between 1 and 65535",
+            ),
+            (
+                "port 80",
+                |t| t.containers[0].ports[0].container_port = 80,
+                "template.containers[0].ports[0].containerPort: port `80` is taken inside runnel's sandbox",
+            ),
+            (
+                "port 3128",
+                |t| t.containers[0].ports[0].container_port = 3128,
+                "template.containers[0].ports[0].containerPort: port `3128` is taken inside runnel's sandbox",
             ),
             (
                 "min > max",

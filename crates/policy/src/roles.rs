@@ -46,6 +46,7 @@ pub const PERMISSIONS: &[&str] = &[
     "compute.subnetworks.list",
     "compute.subnetworks.delete",
     "compute.subnetworks.use",
+    "logging.logEntries.list",
     "runnel.credentials.create",
     "runnel.credentials.list",
     "runnel.credentials.delete",

@@ -9,4 +9,7 @@
 //! This crate must never decide who may call whom: it only runs what it is told to, as
 //! tightly confined as the kernel allows.
 
+pub mod launch;
+pub mod logs;
+pub mod pool;
 pub mod sandbox;

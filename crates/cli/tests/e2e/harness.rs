@@ -70,7 +70,11 @@ impl Sandbox {
         let out_path = self.path(&format!("daemon-{n}.out"));
         let err_path = self.path(&format!("daemon-{n}.err"));
         let mut cmd = Command::new(BIN);
-        cmd.arg("up").arg("--api-address=127.0.0.1:0").arg(format!("--frontend-address={FRONTEND}")).args(extra);
+        cmd.arg("up")
+            .arg("--role=control-plane")
+            .arg("--api-address=127.0.0.1:0")
+            .arg(format!("--frontend-address={FRONTEND}"))
+            .args(extra);
         scrub(&mut cmd);
         cmd.env("RUNNEL_HOME", self.home())
             .stdin(Stdio::null())

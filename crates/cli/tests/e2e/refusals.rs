@@ -278,6 +278,7 @@ fn a_second_daemon_on_the_same_home_is_refused() {
 
     let out = sb.cli(&[
         "up",
+        "--role=control-plane",
         "--api-address=127.0.0.1:0",
         &format!("--frontend-address={FRONTEND}"),
         &format!("--project-id={PROJECT}"),
@@ -305,7 +306,12 @@ fn a_taken_api_port_is_named_with_its_flag() {
     let taken = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
     let port = taken.local_addr().expect("its address").port();
 
-    let out = sb.cli(&["up", &format!("--api-address=127.0.0.1:{port}"), &format!("--project-id={PROJECT}")]);
+    let out = sb.cli(&[
+        "up",
+        "--role=control-plane",
+        &format!("--api-address=127.0.0.1:{port}"),
+        &format!("--project-id={PROJECT}"),
+    ]);
     assert_eq!(
         out.error("up"),
         format!(
@@ -316,7 +322,7 @@ fn a_taken_api_port_is_named_with_its_flag() {
     assert_eq!(out.stdout, "", "{out}");
     assert!(read_daemon_json(&sb.home()).is_none(), "a daemon that cannot listen must not advertise itself");
 
-    let out = sb.cli(&["up", "--api-address=localhost", &format!("--project-id={PROJECT}")]);
+    let out = sb.cli(&["up", "--role=control-plane", "--api-address=localhost", &format!("--project-id={PROJECT}")]);
     assert_eq!(out.error("up"), "`localhost` is not an address such as 127.0.0.1:7780 (flag `--api-address`)");
     drop(taken);
 }

@@ -52,9 +52,9 @@ fn state_survives_a_clean_restart_and_the_home_stays_private() {
     assert_eq!(lines.first().copied(), Some(format!("runnel is up for project {PROJECT} (number {number})").as_str()));
     assert_eq!(lines.last().copied(), Some("Press Ctrl-C to stop."));
     for expected in [
-        format!("  api:        http://127.0.0.1:{port}"),
-        format!("  state:      {}", home.display()),
-        format!("  credential: {}/owner.credential (owner user:owner@runnel.localhost)", home.display()),
+        format!("  api:          http://127.0.0.1:{port}"),
+        format!("  state:        {}", home.display()),
+        format!("  credential:   {}/owner.credential (owner user:owner@runnel.localhost)", home.display()),
     ] {
         assert!(lines.contains(&expected.as_str()), "no line {expected:?} in the banner:\n{banner}");
     }
@@ -133,6 +133,7 @@ fn a_home_of_another_project_is_refused() {
 
     let out = sb.cli(&[
         "up",
+        "--role=control-plane",
         "--api-address=127.0.0.1:0",
         &format!("--frontend-address={FRONTEND}"),
         "--project-id=other-project",
@@ -150,6 +151,7 @@ fn the_advice_for_another_projects_home_works() {
 
     let out = sb.cli(&[
         "up",
+        "--role=control-plane",
         "--api-address=127.0.0.1:0",
         &format!("--frontend-address={FRONTEND}"),
         "--project-id=other-project",

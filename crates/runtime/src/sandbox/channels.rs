@@ -7,9 +7,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use nix::mount::{MsFlags, mount};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 
-use super::spec::{CHANNEL_DIR, Channels, SandboxSpec};
+use super::spec::{CHANNEL_DIR, Channels, PORT_CONNECTED, PORT_REFUSED, SandboxSpec};
 
 pub(super) struct Open {
     port_listener: UnixListener,
@@ -69,11 +70,20 @@ impl Open {
     pub(super) async fn serve(self) {
         let Open { port_listener, metadata, egress, workload } = self;
         let inbound = async move {
-            while let Ok((conn, _)) = port_listener.accept().await {
+            while let Ok((mut conn, _)) = port_listener.accept().await {
                 tokio::spawn(async move {
-                    if let Ok(app) = TcpStream::connect(workload).await {
-                        let _ = app.set_nodelay(true);
-                        splice(conn, app).await;
+                    // One byte tells the daemon whether the workload took the connection, so a
+                    // readiness probe through this bridge means what a TCP probe means.
+                    match TcpStream::connect(workload).await {
+                        Ok(app) => {
+                            let _ = app.set_nodelay(true);
+                            if conn.write_all(&[PORT_CONNECTED]).await.is_ok() {
+                                splice(conn, app).await;
+                            }
+                        }
+                        Err(_) => {
+                            let _ = conn.write_all(&[PORT_REFUSED]).await;
+                        }
                     }
                 });
             }

@@ -10,6 +10,7 @@ use std::path::Path;
 use std::process::{Command, ExitCode, Stdio};
 
 use caps::CapSet;
+use nix::mount::{MsFlags, mount};
 use nix::sched::{CloneFlags, unshare};
 use nix::sys::signal::{SigSet, Signal, kill};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
@@ -65,6 +66,18 @@ fn enter_namespaces() -> Result<(), String> {
     Ok(())
 }
 
+/// Where a root daemon's instance directory appears for the sandbox's stages. The sandbox
+/// replaces `/run` with its own, so nothing of the host's `/run` is lost inside.
+const EXPOSED_DIR: &str = "/run";
+
+fn expose_instance_dir(dir: &Path) -> Result<(), String> {
+    unshare(CloneFlags::CLONE_NEWNS).map_err(|e| format!("mount namespace: {e}"))?;
+    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
+        .map_err(|e| format!("make mounts private: {e}"))?;
+    mount(Some(dir), EXPOSED_DIR, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+        .map_err(|e| format!("bind {} on {EXPOSED_DIR}: {e}", dir.display()))
+}
+
 /// Stage 1: namespaces, hostname, loopback; then runs stage 2 as PID 1 and relays signals.
 pub fn stage1_main(spec_json: &str, exe: &Path) -> ExitCode {
     if let Err(e) = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL) {
@@ -76,11 +89,23 @@ pub fn stage1_main(spec_json: &str, exe: &Path) -> ExitCode {
             Err(e) => fail("probe", e),
         };
     }
-    let spec: SandboxSpec = match serde_json::from_str(spec_json) {
+    let mut spec: SandboxSpec = match serde_json::from_str(spec_json) {
         Ok(s) => s,
         Err(e) => return fail("bad spec", e),
     };
-    // The instance's files must be reachable by the unprivileged identity it will have.
+    if getuid().is_root() {
+        // The instance's directory sits in `$RUNNEL_HOME` (mode 0700), which `nobody` cannot
+        // traverse. While still root, give it a path `nobody` can reach, in a mount namespace of
+        // this process only; the namespaces below inherit it, locked.
+        if let Err(e) = expose_instance_dir(&spec.dir) {
+            return fail("instance directory", e);
+        }
+        spec.dir = std::path::PathBuf::from(EXPOSED_DIR);
+    }
+    let spec_json = match serde_json::to_string(&spec) {
+        Ok(j) => j,
+        Err(e) => return fail("spec", e),
+    };
     if let Err(e) = enter_namespaces() {
         return fail("namespaces", e);
     }
@@ -97,7 +122,7 @@ pub fn stage1_main(spec_json: &str, exe: &Path) -> ExitCode {
     if let Err(e) = signals.thread_block() {
         return fail("block signals", e);
     }
-    let child = match Command::new(exe).arg(STAGE2_ARG).arg(spec_json).env_clear().stdin(Stdio::null()).spawn() {
+    let child = match Command::new(exe).arg(STAGE2_ARG).arg(&spec_json).env_clear().stdin(Stdio::null()).spawn() {
         Ok(c) => c,
         Err(e) => return fail("start stage 2", e),
     };

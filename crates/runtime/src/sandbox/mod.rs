@@ -28,10 +28,10 @@ mod reaper;
 mod spec;
 
 pub use init::{stage1_main, stage2_main};
-pub use spec::{CHANNEL_DIR, Channels, EGRESS_PROXY, METADATA_ADDR, SandboxSpec};
+pub use spec::{CHANNEL_DIR, Channels, EGRESS_PROXY, METADATA_ADDR, PORT_CONNECTED, PORT_REFUSED, SandboxSpec};
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
 /// The hidden subcommands the `runnel` binary dispatches to before anything else runs
 /// (namespaces can only be entered by a single-threaded process).
@@ -39,16 +39,18 @@ pub const STAGE1_ARG: &str = "__sandbox";
 pub const STAGE2_ARG: &str = "__sandbox-init";
 
 /// Starts an instance in a new sandbox. `exe` is the runnel binary; stdout and stderr of the
-/// workload come out of the returned child's pipes.
-pub fn spawn(exe: &Path, spec: &SandboxSpec) -> std::io::Result<Child> {
+/// workload come out of the returned child's pipes. Dropping the child kills the sandbox: stage
+/// 1 dies, and with it, through `PR_SET_PDEATHSIG`, everything inside.
+pub fn spawn(exe: &Path, spec: &SandboxSpec) -> std::io::Result<tokio::process::Child> {
     let json = serde_json::to_string(spec).map_err(std::io::Error::other)?;
-    Command::new(exe)
+    tokio::process::Command::new(exe)
         .arg(STAGE1_ARG)
         .arg(json)
         .env_clear()
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        .kill_on_drop(true)
         .spawn()
 }
 
@@ -64,4 +66,16 @@ pub fn probe(exe: &Path) -> Result<(), String> {
         .output()
         .map_err(|e| format!("cannot run {}: {e}", exe.display()))?;
     if out.status.success() { Ok(()) } else { Err(String::from_utf8_lossy(&out.stderr).trim().to_string()) }
+}
+
+/// Opens a connection to an instance's workload through its `port.sock` channel. `Ok(None)`
+/// means the sandbox is up but nothing listens on the port yet.
+pub async fn connect_port(channel_dir: &Path) -> std::io::Result<Option<tokio::net::UnixStream>> {
+    use tokio::io::AsyncReadExt;
+    let mut stream = tokio::net::UnixStream::connect(channel_dir.join(Channels::PORT)).await?;
+    let mut first = [0u8; 1];
+    match stream.read(&mut first).await? {
+        1 if first[0] == PORT_CONNECTED => Ok(Some(stream)),
+        _ => Ok(None),
+    }
 }

@@ -59,18 +59,22 @@ fn unescape(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Remounts every mount below `root` read-only, keeping the flags the host locked.
-fn remount_read_only_below(root: &Path) -> R {
+/// Remounts every mount below `root` read-only, keeping the flags the host locked. Mountinfo
+/// names mounts by their real path (`real_root`); they are reached through `root`, which may be
+/// a `/proc/self/fd` link.
+fn remount_read_only_below(root: &Path, real_root: &Path) -> R {
     let info = fs::read_to_string("/proc/self/mountinfo").map_err(|e| format!("read mountinfo: {e}"))?;
     for line in info.lines() {
         let fields: Vec<&str> = line.split(' ').collect();
         if fields.len() < 6 {
             continue;
         }
-        let point = PathBuf::from(unescape(fields[4]));
-        if point == root || !point.starts_with(root) {
+        let real = PathBuf::from(unescape(fields[4]));
+        let Ok(rel) = real.strip_prefix(real_root) else { continue };
+        if rel.as_os_str().is_empty() {
             continue;
         }
+        let point = root.join(rel);
         let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | locked_flags(fields[5]);
         // A mount the host hid from this namespace (locked) or a vanished one can refuse;
         // read-only is the point, so a refusal for a mount that is already read-only is fine.
@@ -95,6 +99,8 @@ fn mkdir(p: &Path) -> R {
 /// the new PID namespace, with full capabilities over the new user namespace.
 pub fn build_root(spec: &SandboxSpec) -> R {
     let root = spec.dir.join("root");
+    // `spec.dir` may be a `/proc/self/fd` link; mountinfo names mounts by their real path.
+    let real_root = fs::read_link(&spec.dir).map(|d| d.join("root")).unwrap_or_else(|_| root.clone());
     // Nothing done here may propagate back to the host.
     m(None, Path::new("/"), None, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None)?;
     m(Some(Path::new("tmpfs")), &root, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=0755"))?;
@@ -122,7 +128,7 @@ pub fn build_root(spec: &SandboxSpec) -> R {
             m(Some(&host), &inside, None, MsFlags::MS_BIND | MsFlags::MS_REC, None)?;
         }
     }
-    remount_read_only_below(&root)?;
+    remount_read_only_below(&root, &real_root)?;
 
     // Hide what the instance must not see: an empty read-only tmpfs over each directory.
     for hidden in &spec.hide {

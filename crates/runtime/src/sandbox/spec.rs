@@ -12,6 +12,12 @@ pub const METADATA_ADDR: &str = "169.254.169.254:80";
 /// The egress proxy's fixed loopback address inside every sandbox.
 pub const EGRESS_PROXY: &str = "127.0.0.1:3128";
 
+/// The first byte the sandbox sends on a `port.sock` connection: the workload accepted it,
+/// and what follows is the workload's stream.
+pub const PORT_CONNECTED: u8 = 1;
+/// The first and only byte when nothing listens on the workload's port (yet).
+pub const PORT_REFUSED: u8 = 0;
+
 /// The Unix sockets of one instance, as file names in its channel directory.
 #[derive(Debug, Clone)]
 pub struct Channels;

@@ -1,0 +1,179 @@
+//! The bridge between recorded state and running instances: what the daemon should run
+//! ([`ControlPlane::desired`]) and what happened when it tried ([`ControlPlane::report`]).
+//!
+//! The runtime never writes the store itself; it reports, and the control plane records the
+//! outcome in the revision's and service's conditions in one transaction, as it does for every
+//! other change.
+
+use runnel_model::service::{Condition, Revision, Service, TrafficTarget};
+use runnel_policy::iam::Principal;
+use serde_json::{Value, json};
+
+use crate::error::{ApiError, ApiResult};
+use crate::plane::{ControlPlane, etag_of, get, now, put, scan};
+use crate::services::{key as service_key, policy_key};
+
+/// One service as the daemon should serve it.
+#[derive(Debug, Clone)]
+pub struct Desired {
+    pub region: String,
+    pub service: Service,
+    /// The revision taking traffic, if any is ready.
+    pub serving: Option<Revision>,
+    /// The newest revision, while it is still being brought up (absent once it serves or failed).
+    pub starting: Option<Revision>,
+}
+
+/// What the runtime observed about a revision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Ready,
+    /// It never became ready; the deploy fails with this message.
+    Failed(String),
+    /// A ready instance crashed and is restarting.
+    Crashed(String),
+}
+
+fn short(name: &str) -> &str {
+    name.rsplit('/').next().unwrap_or(name)
+}
+
+fn revision_key(region: &str, service: &str, revision: &str) -> String {
+    format!("revisions/{region}/{service}/{revision}")
+}
+
+fn condition(kind: &str, state: &str, message: &str, time: &str) -> Condition {
+    Condition {
+        kind: kind.into(),
+        state: state.into(),
+        message: message.into(),
+        last_transition_time: time.into(),
+        ..Default::default()
+    }
+}
+
+fn set_condition(conditions: &mut Vec<Condition>, c: Condition) {
+    conditions.retain(|x| x.kind != c.kind);
+    conditions.push(c);
+}
+
+fn is_failed(rev: &Revision) -> bool {
+    rev.conditions.iter().any(|c| c.kind == "Ready" && c.state == "CONDITION_FAILED")
+}
+
+impl ControlPlane {
+    /// Every service with the revisions the daemon should be running for it.
+    pub fn desired(&self) -> ApiResult<Vec<Desired>> {
+        self.read(|r| {
+            let mut out = Vec::new();
+            for s in scan::<Service>(r, "services/")? {
+                let region = s.name.split('/').nth(3).unwrap_or_default().to_string();
+                let svc = short(&s.name).to_string();
+                let load = |full: &str| -> ApiResult<Option<Revision>> {
+                    if full.is_empty() {
+                        return Ok(None);
+                    }
+                    get(r, &revision_key(&region, &svc, short(full)))
+                };
+                let serving = load(&s.latest_ready_revision)?;
+                let starting = if s.latest_created_revision != s.latest_ready_revision {
+                    load(&s.latest_created_revision)?.filter(|rev| !is_failed(rev))
+                } else {
+                    None
+                };
+                out.push(Desired { region, service: s, serving, starting });
+            }
+            Ok(out)
+        })
+    }
+
+    /// Records what the runtime saw: a revision became ready (and, if it is the newest, takes
+    /// traffic), failed to start (the deploy fails), or lost an instance.
+    pub fn report(&self, region: &str, service: &str, revision: &str, outcome: &Outcome) -> ApiResult<()> {
+        self.write(|w| {
+            let Some(mut rev) = get::<Revision>(w, &revision_key(region, service, revision))? else {
+                return Ok(()); // deleted meanwhile
+            };
+            let time = now();
+            match outcome {
+                Outcome::Ready => {
+                    set_condition(&mut rev.conditions, condition("Ready", "CONDITION_SUCCEEDED", "", &time));
+                    set_condition(&mut rev.conditions, condition("ContainerHealthy", "CONDITION_SUCCEEDED", "", &time));
+                }
+                Outcome::Failed(msg) => {
+                    set_condition(&mut rev.conditions, condition("Ready", "CONDITION_FAILED", msg, &time));
+                }
+                Outcome::Crashed(msg) => {
+                    let text = format!("{msg}; restarting with backoff");
+                    set_condition(&mut rev.conditions, condition("ContainerHealthy", "CONDITION_FAILED", &text, &time));
+                }
+            }
+            rev.etag = String::new();
+            rev.etag = etag_of(&rev);
+            put(w, &revision_key(region, service, revision), &rev)?;
+
+            let Some(mut s) = get::<Service>(w, &service_key(region, service))? else { return Ok(()) };
+            if s.latest_created_revision != rev.name {
+                return Ok(()); // an older revision: the service's status is about the newest
+            }
+            match outcome {
+                Outcome::Ready if s.latest_ready_revision != rev.name => {
+                    s.latest_ready_revision = rev.name.clone();
+                    s.traffic_statuses = vec![TrafficTarget {
+                        kind: "TRAFFIC_TARGET_ALLOCATION_TYPE_LATEST".into(),
+                        revision: revision.to_string(),
+                        percent: 100,
+                    }];
+                    s.reconciling = false;
+                    let ok = condition("Ready", "CONDITION_SUCCEEDED", "", &time);
+                    s.terminal_condition = Some(ok.clone());
+                    s.conditions = vec![
+                        Condition { kind: "RoutesReady".into(), ..ok.clone() },
+                        Condition { kind: "ConfigurationsReady".into(), ..ok },
+                    ];
+                }
+                Outcome::Failed(msg) => {
+                    let text = format!("Revision '{revision}' is not ready and cannot serve traffic. {msg}");
+                    s.reconciling = false;
+                    s.terminal_condition = Some(condition("Ready", "CONDITION_FAILED", &text, &time));
+                    s.conditions = vec![condition("ConfigurationsReady", "CONDITION_FAILED", &text, &time)];
+                }
+                _ => return Ok(()),
+            }
+            s.etag = String::new();
+            s.etag = etag_of(&s);
+            put(w, &service_key(region, service), &s)
+        })
+    }
+
+    /// A service's instance output or request log, newest last.
+    pub fn read_logs(
+        &self,
+        caller: &Principal,
+        project: &str,
+        region: &str,
+        service: &str,
+        kind: &str,
+        limit: usize,
+    ) -> ApiResult<Value> {
+        self.check_project(project)?;
+        if kind != "instances" && kind != "requests" {
+            return Err(ApiError::invalid(format!("log kind `{kind}` is not `instances` or `requests`")));
+        }
+        let full = self.service_name(region, service);
+        let pkey = policy_key(region, service);
+        self.read(|r| {
+            self.authorize(
+                r,
+                caller,
+                "logging.logEntries.list",
+                &crate::plane::Target { name: &full, policy_key: Some(&pkey) },
+            )
+        })?;
+        let entries = match &self.logs {
+            Some(l) => l.read(region, service, kind, limit.clamp(1, 10_000)),
+            None => Vec::new(),
+        };
+        Ok(json!({ "entries": entries }))
+    }
+}

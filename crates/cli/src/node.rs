@@ -1,0 +1,229 @@
+//! The node role of the daemon: it runs what the control plane recorded.
+//!
+//! A reconciler wakes on every committed change and on every runtime event. It keeps one
+//! instance pool per revision that should run (the serving one, and the newest while it starts),
+//! reports readiness and failures back to the control plane, and publishes the frontend's route
+//! table, which only ever points at a revision that passed its startup probe. So traffic moves
+//! to a new revision only when it is ready, and the old one drains before it stops.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use runnel_api::{ControlPlane, Desired, Outcome};
+use runnel_gateway::{Backend, Lease, LeaseFuture, RequestLog, RequestRecord, Route, Router, Unavailable};
+use runnel_model::service::{DEFAULT_MAX_INSTANCES, Revision, parse_duration_seconds};
+use runnel_runtime::launch::{Launch, RevisionKey};
+use runnel_runtime::logs::{Kind, LogStore};
+use runnel_runtime::pool::{Event, Host, OutputSink, Pool, Stream};
+use serde_json::json;
+use tokio::sync::{mpsc, watch};
+
+/// The frontend's view: host → route, swapped whole on every change.
+#[derive(Default)]
+pub struct Routes {
+    table: RwLock<Arc<HashMap<String, Arc<Route>>>>,
+}
+
+impl Router for Routes {
+    fn route(&self, host: &str) -> Option<Arc<Route>> {
+        self.table.read().ok().and_then(|t| t.get(host).cloned())
+    }
+}
+
+struct PoolBackend(Arc<Pool>);
+
+impl Backend for PoolBackend {
+    fn acquire(&self) -> LeaseFuture<'_> {
+        Box::pin(async move {
+            let slot = self.0.acquire().await.map_err(|e| match e {
+                runnel_runtime::pool::Unavailable::Busy => Unavailable::Busy,
+                runnel_runtime::pool::Unavailable::NoInstance => Unavailable::NoInstance,
+            })?;
+            Ok(Lease {
+                instance: slot.instance.id.clone(),
+                channel_dir: slot.instance.channel_dir(),
+                guard: Box::new(slot),
+            })
+        })
+    }
+}
+
+fn timestamp() -> String {
+    time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
+}
+
+/// Instance output and request records go to the service's log files.
+pub struct Logs(pub Arc<LogStore>);
+
+impl OutputSink for Logs {
+    fn line(&self, key: &RevisionKey, instance: &str, stream: Stream, text: &str) {
+        let record = json!({
+            "timestamp": timestamp(),
+            "revision": key.revision,
+            "instance": instance,
+            "stream": match stream { Stream::Stdout => "stdout", Stream::Stderr => "stderr" },
+            "textPayload": text,
+        });
+        self.0.append(&key.region, &key.service, Kind::Instances, &record);
+    }
+}
+
+impl RequestLog for Logs {
+    fn record(&self, record: RequestRecord) {
+        if let Ok(v) = serde_json::to_value(&record) {
+            self.0.append(&record.region, &record.service, Kind::Requests, &v);
+        }
+    }
+}
+
+impl runnel_api::LogReader for Logs {
+    fn read(&self, region: &str, service: &str, kind: &str, limit: usize) -> Vec<serde_json::Value> {
+        let kind = if kind == "requests" { Kind::Requests } else { Kind::Instances };
+        self.0.read(region, service, kind, limit)
+    }
+}
+
+/// How a revision's instances are started, from its recorded template.
+fn launch(region: &str, service: &str, rev: &Revision, startup: Duration) -> Option<Launch> {
+    let c = rev.containers.first()?;
+    let (command, first_args) = c.command.split_first()?;
+    let mut args = first_args.to_vec();
+    args.extend(c.args.iter().cloned());
+    let timeout = Duration::from_secs(parse_duration_seconds("timeout", &rev.timeout).ok()?);
+    Some(Launch {
+        key: RevisionKey {
+            region: region.into(),
+            service: service.into(),
+            revision: rev.name.rsplit('/').next()?.to_string(),
+        },
+        command: command.clone(),
+        args,
+        env: c.env.iter().map(|e| (e.name.clone(), e.value.clone())).collect(),
+        working_dir: if c.working_dir.is_empty() { PathBuf::from("/") } else { PathBuf::from(&c.working_dir) },
+        port: u16::try_from(c.ports.first().map(|p| p.container_port).unwrap_or(8080)).ok()?,
+        concurrency: rev.max_instance_request_concurrency.max(1),
+        min_instances: rev.scaling.min_instance_count.unwrap_or(0),
+        max_instances: rev.scaling.max_instance_count.unwrap_or(DEFAULT_MAX_INSTANCES),
+        timeout,
+        startup_deadline: startup,
+    })
+}
+
+pub struct Node {
+    pub cp: Arc<ControlPlane>,
+    pub host: Arc<Host>,
+    pub routes: Arc<Routes>,
+    pub startup_deadline: Duration,
+    pub logs: Arc<LogStore>,
+}
+
+impl Node {
+    /// Runs until `shutdown` turns true, then stops every instance (SIGTERM, then SIGKILL).
+    pub async fn run(self, mut events: mpsc::UnboundedReceiver<Event>, mut shutdown: watch::Receiver<bool>) {
+        let mut changes = self.cp.subscribe();
+        let mut pools: HashMap<RevisionKey, Arc<Pool>> = HashMap::new();
+        let mut reported_ready: HashSet<RevisionKey> = HashSet::new();
+        let mut services: HashSet<(String, String)> = HashSet::new();
+        loop {
+            let cp = self.cp.clone();
+            match tokio::task::spawn_blocking(move || cp.desired()).await {
+                Ok(Ok(desired)) => self.converge(&desired, &mut pools, &mut services),
+                Ok(Err(e)) => tracing::error!(error = %e.message, "cannot read the desired state"),
+                Err(e) => tracing::error!(error = %e, "reconciler task failed"),
+            }
+            tokio::select! {
+                _ = changes.changed() => {}
+                Some(event) = events.recv() => self.handle(event, &mut reported_ready).await,
+                _ = async { let _ = shutdown.wait_for(|s| *s).await; } => break,
+            }
+        }
+        if let Ok(mut t) = self.routes.table.write() {
+            *t = Arc::new(HashMap::new());
+        }
+        let stops: Vec<_> = pools.into_values().map(|p| tokio::spawn(async move { p.stop().await })).collect();
+        for s in stops {
+            let _ = s.await;
+        }
+    }
+
+    async fn handle(&self, event: Event, reported_ready: &mut HashSet<RevisionKey>) {
+        let (key, outcome) = match event {
+            Event::Ready(key) => {
+                if !reported_ready.insert(key.clone()) {
+                    return;
+                }
+                (key, Outcome::Ready)
+            }
+            Event::Failed(key, msg) => (key, Outcome::Failed(msg)),
+            Event::Crashed(key, msg) => {
+                reported_ready.remove(&key);
+                (key, Outcome::Crashed(msg))
+            }
+        };
+        let cp = self.cp.clone();
+        let result =
+            tokio::task::spawn_blocking(move || cp.report(&key.region, &key.service, &key.revision, &outcome)).await;
+        if let Ok(Err(e)) = result {
+            tracing::error!(error = %e.message, "cannot record a revision's status");
+        }
+    }
+
+    fn converge(
+        &self,
+        desired: &[Desired],
+        pools: &mut HashMap<RevisionKey, Arc<Pool>>,
+        services: &mut HashSet<(String, String)>,
+    ) {
+        let mut want: HashMap<RevisionKey, Launch> = HashMap::new();
+        let mut table: HashMap<String, Arc<Route>> = HashMap::new();
+        let mut now_services = HashSet::new();
+        for d in desired {
+            let name = d.service.name.rsplit('/').next().unwrap_or_default().to_string();
+            now_services.insert((d.region.clone(), name.clone()));
+            for rev in [&d.serving, &d.starting].into_iter().flatten() {
+                if let Some(l) = launch(&d.region, &name, rev, self.startup_deadline) {
+                    want.insert(l.key.clone(), l);
+                }
+            }
+        }
+        // Stop what should no longer run; start what should.
+        pools.retain(|key, pool| {
+            let keep = want.get(key).is_some_and(|l| *l == pool.launch);
+            if !keep {
+                let p = pool.clone();
+                tokio::spawn(async move { p.stop().await });
+            }
+            keep
+        });
+        for (key, l) in want {
+            pools.entry(key).or_insert_with(|| Pool::start(l, self.host.clone()));
+        }
+        for d in desired {
+            let name = d.service.name.rsplit('/').next().unwrap_or_default().to_string();
+            let Some(serving) = &d.serving else { continue };
+            let Some(l) = launch(&d.region, &name, serving, self.startup_deadline) else { continue };
+            let Some(pool) = pools.get(&l.key) else { continue };
+            if d.service.default_uri_disabled {
+                continue;
+            }
+            let route = Route {
+                project_number: self.cp.project().project_number.clone(),
+                region: d.region.clone(),
+                service: name.clone(),
+                revision: l.key.revision.clone(),
+                timeout: l.timeout,
+                backend: Arc::new(PoolBackend(pool.clone())),
+            };
+            table.insert(self.cp.service_host(&d.region, &name), Arc::new(route));
+        }
+        if let Ok(mut t) = self.routes.table.write() {
+            *t = Arc::new(table);
+        }
+        for (region, service) in services.difference(&now_services) {
+            self.logs.forget(region, service);
+        }
+        *services = now_services;
+    }
+}

@@ -1,0 +1,103 @@
+//! The sandbox as a process: its exit status is the workload's, signals reach the workload, and
+//! no process outlives it, whichever way it ends.
+
+use std::time::Duration;
+
+use crate::harness::{World, processes_with, unique, wait_until_gone};
+
+#[test]
+fn exit_status_of_the_workload_is_the_sandboxes() {
+    let world = World::new();
+    let out = world.sh("a", "echo out; echo err >&2; exit 7").run();
+    out.assert_code(7);
+    assert_eq!(out.stdout, "out\n");
+    assert_eq!(out.stderr, "err\n");
+}
+
+#[test]
+fn a_workload_killed_by_a_signal_ends_with_128_plus_the_signal() {
+    let world = World::new();
+    world.sh("a", "kill -KILL $$").run().assert_code(137);
+}
+
+#[test]
+fn a_command_that_cannot_start_fails_with_125_and_says_why() {
+    let world = World::new();
+    let out = world.spec("a", "/nonexistent/app", &[]).run();
+    out.assert_code(125);
+    assert_eq!(out.stderr, "runnel sandbox: start `/nonexistent/app` in /: No such file or directory (os error 2)\n");
+}
+
+#[test]
+fn sigterm_to_stage_1_reaches_the_workload() {
+    let world = World::new();
+    let mut sandbox =
+        world.sh("a", "trap 'echo got TERM; exit 3' TERM; echo ready; while :; do sleep 0.05; done").start();
+    sandbox.wait_for("ready");
+    sandbox.signal("TERM");
+    let out = sandbox.wait();
+    out.assert_code(3);
+    assert_eq!(out.lines(), ["ready", "got TERM"]);
+}
+
+/// The grandchild leaves the workload's session and process group, as a daemonizing program
+/// does; only the end of the PID namespace can take it down.
+const DAEMONIZE: &str = r#"setsid sh -c 'sleep 1000; :' "$1-grandchild" </dev/null >/dev/null 2>&1 &
+until grep -qs "grandchil[d]" /proc/[0-9]*/cmdline; do sleep 0.02; done
+echo ready"#;
+
+#[test]
+fn sigkill_to_stage_1_leaves_no_process_behind() {
+    let world = World::new();
+    let marker = unique("kill-marker");
+    let script = format!("{DAEMONIZE}\nwhile :; do sleep 1; done");
+    let mut sandbox = world.sh("a", &script).arg(&marker).start();
+    sandbox.wait_for("ready");
+
+    let before = processes_with(&marker);
+    let stage1 = sandbox.pid();
+    assert!(before.iter().any(|p| p.pid == stage1), "stage 1 not found by its marker: {before:#?}");
+    assert!(before.iter().any(|p| p.argv.get(1).is_some_and(|a| a == "__sandbox-init")), "no stage 2: {before:#?}");
+    assert!(before.iter().any(|p| p.argv.iter().any(|a| a.ends_with("-grandchild"))), "no grandchild: {before:#?}");
+    assert!(before.len() >= 4, "expected stage 1, stage 2, the workload and its grandchild: {before:#?}");
+
+    sandbox.kill();
+    let left = wait_until_gone(&marker, Duration::from_secs(3));
+    assert!(left.is_empty(), "processes outlived a SIGKILLed sandbox: {left:#?}");
+}
+
+#[test]
+fn a_daemonized_grandchild_dies_when_the_workload_exits() {
+    let world = World::new();
+    let marker = unique("grandchild-marker");
+    let out = world.sh("a", &format!("{DAEMONIZE}\nexit 0")).arg(&marker).run();
+    out.assert_code(0);
+    assert_eq!(out.stdout, "ready\n");
+    let left = wait_until_gone(&marker, Duration::from_secs(2));
+    assert!(left.is_empty(), "a daemonized grandchild outlived its sandbox: {left:#?}");
+}
+
+/// Stage 2 asks for `PR_SET_PDEATHSIG` only once it runs: if stage 1 dies between forking it
+/// and that call (a few milliseconds of exec and loading), stage 2 is orphaned, builds the
+/// sandbox and runs the workload anyway, with nobody left to stop it. The same window exists
+/// between the daemon and stage 1.
+#[test]
+#[ignore = "bug: stage 1 killed during startup orphans a running sandbox (init.rs stage2_main: PDEATHSIG set after exec, parent not rechecked)"]
+fn killing_stage_1_during_startup_leaves_nothing_behind() {
+    let world = World::new();
+    let marker = unique("startup-race");
+    // The marker is in the hostname so that stage 2's command line (the spec) carries it.
+    let spec = world.spec("a", "/bin/sleep", &["30"]).hostname(&marker);
+    for attempt in 0..60u64 {
+        let mut child = spec.command().stdin(std::process::Stdio::null()).spawn().unwrap();
+        // Spread the kills over stage 1's first milliseconds.
+        std::thread::sleep(Duration::from_micros((attempt * 97) % 6000));
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let left = wait_until_gone(&marker, Duration::from_secs(1));
+    for p in &left {
+        crate::harness::send_signal(p.pid, "KILL");
+    }
+    assert!(left.is_empty(), "{} sandboxes outlived their killed stage 1: {left:#?}", left.len());
+}

@@ -1,0 +1,194 @@
+//! The bodies that stream through the frontend, and what happens when they end.
+//!
+//! A response body carries the request's [`Exchange`], so the instance slot is released and the
+//! request-log record written exactly when the body has been sent or abandoned (hyper drops it
+//! when the client goes away). It also carries the request deadline: a streaming response
+//! (server-sent events, a long download) is cut when the request timeout runs out, as on Cloud
+//! Run, where the timeout covers the whole request and not only the wait for the head.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use tokio::time::{Instant, Sleep};
+
+use crate::record::Exchange;
+
+/// Why a response stream was cut; hyper then aborts the client connection, which is how
+/// HTTP/1.1 tells a client that a response is incomplete.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum BodyError {
+    #[error("the instance's response body failed")]
+    Upstream(#[source] hyper::Error),
+    #[error("the request timeout ran out while the response was streaming")]
+    Deadline,
+}
+
+enum Kind {
+    Empty,
+    Page(Option<Bytes>),
+    Upstream(Incoming),
+}
+
+pub(crate) struct ResponseBody {
+    kind: Kind,
+    deadline: Option<Instant>,
+    /// Created the first time the upstream body makes us wait, so that responses that are
+    /// ready at once never touch the timer.
+    timer: Option<Pin<Box<Sleep>>>,
+    sent: u64,
+    exchange: Option<Exchange>,
+}
+
+impl ResponseBody {
+    pub(crate) fn empty() -> ResponseBody {
+        ResponseBody { kind: Kind::Empty, deadline: None, timer: None, sent: 0, exchange: None }
+    }
+
+    pub(crate) fn page(body: &'static str, exchange: Option<Exchange>) -> ResponseBody {
+        ResponseBody {
+            kind: Kind::Page(Some(Bytes::from_static(body.as_bytes()))),
+            deadline: None,
+            timer: None,
+            sent: 0,
+            exchange,
+        }
+    }
+
+    pub(crate) fn upstream(body: Incoming, deadline: Instant, exchange: Exchange) -> ResponseBody {
+        ResponseBody {
+            kind: Kind::Upstream(body),
+            deadline: Some(deadline),
+            timer: None,
+            sent: 0,
+            exchange: Some(exchange),
+        }
+    }
+
+    fn finish(&mut self) {
+        self.timer = None;
+        if let Some(exchange) = self.exchange.take() {
+            exchange.finish(0, self.sent);
+        }
+    }
+
+    fn cut(&mut self) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        tracing::debug!(
+            request_id = self.exchange.as_ref().map(|e| e.id.as_str()),
+            "request timeout reached while streaming the response; cutting it"
+        );
+        self.finish();
+        Poll::Ready(Some(Err(BodyError::Deadline)))
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = self.get_mut();
+        let polled = match &mut this.kind {
+            Kind::Empty => Poll::Ready(None),
+            Kind::Page(page) => Poll::Ready(page.take().map(|b| Ok(Frame::data(b)))),
+            Kind::Upstream(body) => Pin::new(body).poll_frame(cx),
+        };
+        match polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                // A body that is always ready never waits on the timer, so the clock is also
+                // checked per frame.
+                if let Some(deadline) = this.deadline
+                    && Instant::now() >= deadline
+                {
+                    return this.cut();
+                }
+                if let Some(data) = frame.data_ref() {
+                    this.sent += data.len() as u64;
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.finish();
+                Poll::Ready(Some(Err(BodyError::Upstream(e))))
+            }
+            Poll::Ready(None) => {
+                this.finish();
+                Poll::Ready(None)
+            }
+            Poll::Pending => {
+                let Some(deadline) = this.deadline else { return Poll::Pending };
+                let timer = this.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                if timer.as_mut().poll(cx).is_ready() { this.cut() } else { Poll::Pending }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Empty => true,
+            Kind::Page(page) => page.is_none(),
+            Kind::Upstream(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Empty | Kind::Page(None) => SizeHint::with_exact(0),
+            Kind::Page(Some(page)) => SizeHint::with_exact(page.len() as u64),
+            Kind::Upstream(body) => body.size_hint(),
+        }
+    }
+}
+
+impl Drop for ResponseBody {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+/// The client's request body could not be read; the client, not the instance, is at fault.
+#[derive(Debug, thiserror::Error)]
+#[error("the client's request body failed")]
+pub(crate) struct ClientBodyError(#[source] hyper::Error);
+
+/// The client's request body on its way to the instance, counted for the request log.
+pub(crate) struct RequestBody {
+    inner: Incoming,
+    read: Option<Arc<AtomicU64>>,
+}
+
+impl RequestBody {
+    /// Counting needs a shared counter; bodiless requests (most of them) skip it.
+    pub(crate) fn new(inner: Incoming) -> (RequestBody, Option<Arc<AtomicU64>>) {
+        let read = (!inner.is_end_stream()).then(|| Arc::new(AtomicU64::new(0)));
+        (RequestBody { inner, read: read.clone() }, read)
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = ClientBodyError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if let (Poll::Ready(Some(Ok(frame))), Some(read)) = (&polled, &this.read)
+            && let Some(data) = frame.data_ref()
+        {
+            read.fetch_add(data.len() as u64, Ordering::Relaxed);
+        }
+        polled.map_err(ClientBodyError)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,86 @@
+//! What the frontend needs from the rest of the daemon, as traits, so it can be tested with
+//! fakes and the daemon can change how instances are run without touching the request path.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Where requests for one service go, as decided by the daemon from the store.
+pub struct Route {
+    pub project_number: String,
+    pub region: String,
+    pub service: String,
+    /// The serving revision (short name).
+    pub revision: String,
+    /// The revision's request timeout; a request still running after it gets 504.
+    pub timeout: Duration,
+    pub backend: Arc<dyn Backend>,
+}
+
+/// Finds the route for a request's host. The host is already normalised: lowercase, without
+/// port and without a trailing dot.
+pub trait Router: Send + Sync + 'static {
+    fn route(&self, host: &str) -> Option<Arc<Route>>;
+}
+
+/// Why no instance slot could be had.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unavailable {
+    /// Every instance is at its concurrency and the queue is full or the wait ran out: 429.
+    Busy,
+    /// No instance became ready within the wait bound: 503.
+    NoInstance,
+}
+
+/// A slot on one instance: held while the request is in flight, released on drop.
+pub struct Lease {
+    /// Unique among the daemon's live instances; the frontend pools connections by it.
+    pub instance: String,
+    /// The instance's channel directory; its `port.sock` leads to the workload.
+    pub channel_dir: PathBuf,
+    /// Dropped when the request (including its response body) is done.
+    pub guard: Box<dyn Send + Sync>,
+}
+
+pub type LeaseFuture<'a> = Pin<Box<dyn Future<Output = Result<Lease, Unavailable>> + Send + 'a>>;
+
+/// Hands out instance slots of one revision.
+pub trait Backend: Send + Sync + 'static {
+    fn acquire(&self) -> LeaseFuture<'_>;
+}
+
+/// One structured record per request the frontend handled for a service, shaped like Cloud
+/// Logging's `httpRequest`.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RequestRecord {
+    pub timestamp: String,
+    pub request_id: String,
+    pub region: String,
+    pub service: String,
+    pub revision: String,
+    pub instance: String,
+    pub http_request: HttpRequest,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpRequest {
+    pub request_method: String,
+    pub request_url: String,
+    pub request_size: String,
+    pub status: u16,
+    pub response_size: String,
+    pub user_agent: String,
+    pub remote_ip: String,
+    /// Seconds with an `s`, as Cloud Logging writes durations: `0.012s`.
+    pub latency: String,
+    pub protocol: String,
+}
+
+/// Receives request records; the daemon writes them to the service's request log.
+pub trait RequestLog: Send + Sync + 'static {
+    fn record(&self, record: RequestRecord);
+}

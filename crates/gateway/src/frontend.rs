@@ -1,0 +1,385 @@
+//! The frontend listener: accept, route by host, take an instance slot, forward, account.
+//!
+//! Order of work for a request, cheapest refusal first: CONNECT and hosts that cannot be
+//! routed are answered without touching any service (and without a request-log record, as
+//! Cloud Run does not log requests for no service); a routed request gets a deadline from the
+//! revision's timeout, a slot from the backend, and one pooled HTTP/1.1 connection to that
+//! slot's instance. The deadline bounds everything that waits on the upstream: the slot, the
+//! response head, and the response body.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hyper::body::Incoming;
+use hyper::header::{ALLOW, CONNECTION, CONTENT_TYPE, HeaderValue, REFERRER_POLICY};
+use hyper::http::uri::{self, PathAndQuery, Scheme};
+use hyper::http::{Extensions, Uri};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode, Version};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio::time::timeout_at;
+
+use crate::body::{ClientBodyError, RequestBody, ResponseBody};
+use crate::contract::{RequestLog, Router, Unavailable};
+use crate::headers::{self, Peer, X_RUNNEL_REQUEST_ID};
+use crate::host::{self, MAX_HOST};
+use crate::io::ClientIo;
+use crate::pages::{self, Page};
+use crate::record::{Exchange, RequestId};
+use crate::upstream::{InstanceConnector, Instances};
+
+/// Tuning of the frontend; the defaults suit a single machine.
+#[derive(Debug, Clone)]
+pub struct FrontendConfig {
+    /// How long a client may take to send a request head; also how long an idle keep-alive
+    /// connection is kept open (hyper starts this clock when it waits for the next head).
+    pub header_read_timeout: Duration,
+    /// How long a client may leave a response unread before its connection is closed, which
+    /// frees the instance slot the response held.
+    pub client_stall_timeout: Duration,
+    /// How long opening a connection to an instance (socket plus handshake byte) may take.
+    pub connect_timeout: Duration,
+    /// How long an idle connection to an instance stays in the pool.
+    pub pool_idle_timeout: Duration,
+    /// The most idle connections kept per instance.
+    pub pool_max_idle_per_instance: usize,
+    /// How long [`Frontend::serve`] lets in-flight requests finish after shutdown is asked.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for FrontendConfig {
+    fn default() -> FrontendConfig {
+        FrontendConfig {
+            header_read_timeout: Duration::from_secs(30),
+            client_stall_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(5),
+            pool_idle_timeout: Duration::from_secs(60),
+            pool_max_idle_per_instance: 256,
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// runnel's frontend: one per daemon, shared by all its connections.
+pub struct Frontend {
+    router: Arc<dyn Router>,
+    log: Arc<dyn RequestLog>,
+    config: FrontendConfig,
+    instances: Arc<Instances>,
+    client: Client<InstanceConnector, RequestBody>,
+    http: http1::Builder,
+}
+
+/// Longest request timeout honoured, so that deadline arithmetic cannot overflow.
+const FAR_FUTURE: Duration = Duration::from_secs(365 * 24 * 3600);
+
+impl Frontend {
+    pub fn new(router: Arc<dyn Router>, log: Arc<dyn RequestLog>, config: FrontendConfig) -> Frontend {
+        let instances = Arc::new(Instances::new());
+        let connector = InstanceConnector { instances: instances.clone(), connect_timeout: config.connect_timeout };
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(config.pool_idle_timeout)
+            .pool_max_idle_per_host(config.pool_max_idle_per_instance)
+            // The instance must see the service's host, not the pool's made-up authority.
+            .set_host(false)
+            .build(connector);
+        let mut http = http1::Builder::new();
+        http.timer(TokioTimer::new()).header_read_timeout(config.header_read_timeout).keep_alive(true);
+        Frontend { router, log, config, instances, client, http }
+    }
+
+    /// Serves connections from `listener` until `shutdown` completes, then stops accepting,
+    /// lets in-flight requests finish for up to [`FrontendConfig::shutdown_grace`] (idle
+    /// keep-alive connections close at once) and drops what is left.
+    ///
+    /// WebSocket tunnels run detached from their connection and end at their request deadline.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut connections = JoinSet::new();
+        let mut shutdown = pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                Some(_) = connections.join_next(), if !connections.is_empty() => {}
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, remote)) => {
+                        connections.spawn(self.clone().serve_connection(stream, remote, stop_rx.clone()));
+                    }
+                    Err(e) => {
+                        // Out of descriptors or an aborted handshake: back off instead of
+                        // spinning on an error that will repeat.
+                        tracing::warn!(error = %e, "frontend could not accept a connection");
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                },
+            }
+        }
+        drop(listener);
+        let _ = stop_tx.send(true);
+        let drained = tokio::time::timeout(self.config.shutdown_grace, async {
+            while connections.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                connections = connections.len(),
+                "frontend shutdown grace ran out; closing connections with requests still in flight"
+            );
+            connections.shutdown().await;
+        }
+    }
+
+    /// Forgets a stopped instance, so that its pool key is not kept around.
+    pub fn forget_instance(&self, instance: &str) {
+        self.instances.forget(instance);
+    }
+
+    async fn serve_connection(self: Arc<Self>, stream: TcpStream, remote: SocketAddr, mut stop: watch::Receiver<bool>) {
+        // Responses are written whole by hyper; Nagle would only delay their last segment.
+        let _ = stream.set_nodelay(true);
+        let peer = Arc::new(Peer::new(remote.ip()));
+        let io = ClientIo::new(stream, self.config.client_stall_timeout);
+        let frontend = self.clone();
+        let service = service_fn(move |req| {
+            let frontend = frontend.clone();
+            let peer = peer.clone();
+            async move { Ok::<_, Infallible>(frontend.handle(req, &peer).await) }
+        });
+        let mut connection = pin!(self.http.serve_connection(io, service).with_upgrades());
+        let result = tokio::select! {
+            result = connection.as_mut() => result,
+            _ = async { stop.wait_for(|stop| *stop).await.is_ok() } => {
+                connection.as_mut().graceful_shutdown();
+                connection.await
+            }
+        };
+        if let Err(e) = result {
+            tracing::debug!(error = %e, %remote, "frontend connection ended with an error");
+        }
+    }
+
+    async fn handle(&self, mut req: Request<Incoming>, peer: &Peer) -> Response<ResponseBody> {
+        let started = Instant::now();
+        let id = RequestId::random();
+        let id_header = id.header_value();
+
+        if req.method() == Method::CONNECT {
+            return page_response(pages::CONNECT_REFUSED, &id_header, None);
+        }
+        let authority = match host::requested_authority(req.uri(), req.headers()) {
+            Ok(authority) => authority,
+            Err(why) => {
+                tracing::debug!(reason = ?why, request_id = id.as_str(), "request without a routable host");
+                return page_response(pages::BAD_HOST, &id_header, None);
+            }
+        };
+        let mut buf = [0u8; MAX_HOST];
+        let route = match host::normalise_host(authority.as_bytes(), &mut buf) {
+            Ok(host) => self.router.route(host),
+            Err(why) => {
+                tracing::debug!(reason = ?why, request_id = id.as_str(), "request without a routable host");
+                return page_response(pages::BAD_HOST, &id_header, None);
+            }
+        };
+        let Some(route) = route else {
+            return page_response(pages::NOT_FOUND, &id_header, None);
+        };
+
+        let deadline = tokio::time::Instant::from_std(started + route.timeout.min(FAR_FUTURE));
+        let mut exchange =
+            Exchange::new(self.log.clone(), route.clone(), started, id, &req, authority.clone(), peer.ip);
+
+        let lease = match timeout_at(deadline, route.backend.acquire()).await {
+            Ok(Ok(lease)) => lease,
+            Ok(Err(Unavailable::Busy)) => return page_response(pages::RATE_EXCEEDED, &id_header, Some(exchange)),
+            Ok(Err(Unavailable::NoInstance)) => return page_response(pages::NO_INSTANCE, &id_header, Some(exchange)),
+            Err(_) => return self.timed_out(exchange, &id_header, "waiting for an instance slot"),
+        };
+        let pool_authority = self.instances.authority_for(&lease, started);
+        exchange.lease = Some(lease);
+        let Ok(pool_authority) = pool_authority else {
+            return page_response(pages::INTERNAL, &id_header, Some(exchange));
+        };
+
+        let websocket = headers::wants_websocket(req.method(), req.version(), req.headers());
+        let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
+        let (mut parts, body) = req.into_parts();
+        // Only the path and query travel from the client's target; the instance was chosen by
+        // the lease and the pool authority stands for it.
+        let mut target = uri::Parts::default();
+        target.scheme = Some(Scheme::HTTP);
+        target.authority = Some(pool_authority);
+        target.path_and_query = Some(parts.uri.path_and_query().cloned().unwrap_or(PathAndQuery::from_static("/")));
+        parts.uri = match Uri::from_parts(target) {
+            Ok(uri) => uri,
+            Err(_) => return page_response(pages::INTERNAL, &id_header, Some(exchange)),
+        };
+        // The instance connection is HTTP/1.1 whatever the client spoke, so it stays pooled.
+        parts.version = Version::HTTP_11;
+        parts.extensions = Extensions::new();
+        headers::prepare_request(&mut parts.headers, authority, peer, &id_header, websocket);
+        let (body, read) = RequestBody::new(body);
+        exchange.request_body = read;
+
+        let response = match timeout_at(deadline, self.client.request(Request::from_parts(parts, body))).await {
+            Ok(Ok(response)) => response,
+            Ok(Err(e)) => return self.upstream_failed(exchange, &id_header, &e),
+            Err(_) => return self.timed_out(exchange, &id_header, "waiting for the response head"),
+        };
+
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            return match client_upgrade {
+                Some(client_upgrade) => tunnel(exchange, &id_header, client_upgrade, response, deadline),
+                None => {
+                    tracing::warn!(
+                        request_id = id.as_str(),
+                        instance = exchange.instance(),
+                        "instance switched protocols on a request that did not ask for an upgrade"
+                    );
+                    page_response(pages::CLOSED_EARLY, &id_header, Some(exchange))
+                }
+            };
+        }
+        let (mut parts, body) = response.into_parts();
+        headers::prepare_response(&mut parts.headers, &id_header, false);
+        exchange.status = parts.status.as_u16();
+        exchange.response_head = response_head_size(&parts.status, &parts.headers);
+        Response::from_parts(parts, ResponseBody::upstream(body, deadline, exchange))
+    }
+
+    fn timed_out(&self, exchange: Exchange, id: &HeaderValue, waiting_for: &str) -> Response<ResponseBody> {
+        tracing::info!(
+            request_id = exchange.id.as_str(),
+            service = exchange.route().service,
+            instance = exchange.instance(),
+            timeout = ?exchange.route().timeout,
+            "request timeout reached {waiting_for}"
+        );
+        page_response(pages::TIMEOUT, id, Some(exchange))
+    }
+
+    /// Attributes an upstream failure: nothing listening is 503 (try again), a client that
+    /// broke its own body is 400, anything else after the connection was made is the
+    /// instance's fault, 502.
+    fn upstream_failed(
+        &self,
+        exchange: Exchange,
+        id: &HeaderValue,
+        e: &hyper_util::client::legacy::Error,
+    ) -> Response<ResponseBody> {
+        let page = if e.is_connect() {
+            pages::NOT_LISTENING
+        } else if caused_by::<ClientBodyError>(e) {
+            pages::BODY_UNREADABLE
+        } else {
+            pages::CLOSED_EARLY
+        };
+        tracing::warn!(
+            request_id = exchange.id.as_str(),
+            service = exchange.route().service,
+            instance = exchange.instance(),
+            status = page.status.as_u16(),
+            error = %ErrorChain(e),
+            "request could not be forwarded to the instance"
+        );
+        page_response(page, id, Some(exchange))
+    }
+}
+
+fn caused_by<T: std::error::Error + 'static>(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        if c.is::<T>() {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
+}
+
+/// Displays an error with its causes, which hyper's errors need to say anything useful.
+struct ErrorChain<'a>(&'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut cause = self.0.source();
+        while let Some(c) = cause {
+            write!(f, ": {c}")?;
+            cause = c.source();
+        }
+        Ok(())
+    }
+}
+
+fn response_head_size(status: &StatusCode, headers: &hyper::HeaderMap) -> u64 {
+    // `HTTP/1.1 200 OK`
+    let reason = status.canonical_reason().map_or(0, str::len);
+    headers::head_size(13 + reason, headers)
+}
+
+/// A response the frontend writes itself.
+fn page_response(page: Page, id: &HeaderValue, exchange: Option<Exchange>) -> Response<ResponseBody> {
+    let mut response = Response::new(ResponseBody::page(page.body, None));
+    *response.status_mut() = page.status;
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(page.content_type));
+    headers.insert(REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    headers.insert(X_RUNNEL_REQUEST_ID, id.clone());
+    if page.status == StatusCode::METHOD_NOT_ALLOWED {
+        headers.insert(ALLOW, HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"));
+        // A CONNECT client may already be sending tunnel bytes; they must not be read as
+        // the next request.
+        headers.insert(CONNECTION, HeaderValue::from_static("close"));
+    }
+    if let Some(mut exchange) = exchange {
+        exchange.status = page.status.as_u16();
+        exchange.response_head = response_head_size(&page.status, response.headers());
+        *response.body_mut() = ResponseBody::page(page.body, Some(exchange));
+    }
+    response
+}
+
+/// Completes a WebSocket upgrade: the client gets the instance's 101, and once both sides have
+/// switched, bytes are copied both ways until either side closes or the request deadline
+/// passes. The slot is held by the tunnel task until then.
+fn tunnel(
+    mut exchange: Exchange,
+    id: &HeaderValue,
+    client: hyper::upgrade::OnUpgrade,
+    mut response: Response<Incoming>,
+    deadline: tokio::time::Instant,
+) -> Response<ResponseBody> {
+    let instance = hyper::upgrade::on(&mut response);
+    let (mut parts, _) = response.into_parts();
+    headers::prepare_response(&mut parts.headers, id, true);
+    exchange.status = parts.status.as_u16();
+    exchange.response_head = response_head_size(&parts.status, &parts.headers);
+    tokio::spawn(async move {
+        let mut copied = (0, 0);
+        let outcome = timeout_at(deadline, async {
+            let (client, instance) = tokio::try_join!(client, instance)?;
+            let (mut client, mut instance) = (TokioIo::new(client), TokioIo::new(instance));
+            copied = tokio::io::copy_bidirectional(&mut client, &mut instance).await?;
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+        })
+        .await;
+        match outcome {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::debug!(request_id = exchange.id.as_str(), error = %e, "websocket tunnel failed"),
+            Err(_) => tracing::debug!(request_id = exchange.id.as_str(), "request timeout ended a websocket tunnel"),
+        }
+        exchange.finish(copied.0, copied.1);
+    });
+    Response::from_parts(parts, ResponseBody::empty())
+}

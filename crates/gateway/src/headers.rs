@@ -1,0 +1,264 @@
+//! The header rewriting the frontend does between a client and an instance.
+//!
+//! Hop-by-hop headers (RFC 9110 §7.6.1) describe one connection and must not travel over the
+//! next one; the frontend owns both connections, so it removes them both ways and lets hyper
+//! frame each side itself. Headers that claim who the client is (`X-Forwarded-For`,
+//! `Forwarded`, `X-Real-IP`) are written by the frontend from the connection it accepted, never
+//! passed on from the client, so a workload can trust them. Pure functions, no I/O.
+
+use std::net::IpAddr;
+
+use hyper::Method;
+use hyper::Version;
+use hyper::header::{
+    CONNECTION, EXPECT, Entry, FORWARDED, HOST, HeaderMap, HeaderName, HeaderValue, PROXY_AUTHENTICATE,
+    PROXY_AUTHORIZATION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
+};
+
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+/// A request header no HTTP/1.1 client needs, set by attackers so that CGI-style workloads
+/// read it as `HTTP_PROXY` ("httpoxy").
+const PROXY: HeaderName = HeaderName::from_static("proxy");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+/// The request id as the instance sees it.
+pub(crate) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// The request id as the client sees it, to quote when asking about a request.
+pub(crate) const X_RUNNEL_REQUEST_ID: HeaderName = HeaderName::from_static("x-runnel-request-id");
+
+const HOP_BY_HOP: [HeaderName; 6] =
+    [KEEP_ALIVE, PROXY_CONNECTION, TE, TRAILER, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION];
+
+/// The client's address in the forms the forwarding headers need; built once per connection
+/// so that requests only clone it.
+pub(crate) struct Peer {
+    pub(crate) ip: IpAddr,
+    forwarded_for: HeaderValue,
+    forwarded: HeaderValue,
+}
+
+impl Peer {
+    pub(crate) fn new(ip: IpAddr) -> Peer {
+        // A dual-stack listener reports IPv4 clients as `::ffff:a.b.c.d`; workloads expect
+        // the IPv4 form.
+        let ip = ip.to_canonical();
+        let forwarded = match ip {
+            IpAddr::V4(v4) => format!("for={v4};proto=http"),
+            IpAddr::V6(v6) => format!("for=\"[{v6}]\";proto=http"),
+        };
+        Peer { ip, forwarded_for: value(ip.to_string()), forwarded: value(forwarded) }
+    }
+}
+
+fn value(text: String) -> HeaderValue {
+    // An IP address always makes a valid header value; the fallback only satisfies the types.
+    HeaderValue::from_str(&text).unwrap_or(HeaderValue::from_static("unknown"))
+}
+
+/// Removes the headers that belong to one connection: `Connection` and every header it names,
+/// and the fixed hop-by-hop set. `Upgrade` stays only for an upgrade being forwarded.
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    if let Entry::Occupied(entry) = headers.entry(CONNECTION) {
+        // The values are copied out (cheap: shared bytes) because removing the headers they
+        // name needs the map mutably.
+        let listed: Vec<HeaderValue> = entry.remove_entry_mult().1.collect();
+        for value in &listed {
+            for token in tokens(value) {
+                if keep_upgrade && token.eq_ignore_ascii_case(b"upgrade") {
+                    continue;
+                }
+                // Lookups by `&str` are case-insensitive; a token that is not a header name
+                // simply matches nothing.
+                if let Ok(name) = std::str::from_utf8(token) {
+                    headers.remove(name);
+                }
+            }
+        }
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+    headers.remove(TRANSFER_ENCODING);
+    if !keep_upgrade {
+        headers.remove(UPGRADE);
+    }
+}
+
+/// The comma-separated tokens of a list header, without surrounding whitespace.
+fn tokens(value: &HeaderValue) -> impl Iterator<Item = &[u8]> {
+    value.as_bytes().split(|b| *b == b',').map(<[u8]>::trim_ascii).filter(|t| !t.is_empty())
+}
+
+fn has_token(headers: &HeaderMap, name: HeaderName, token: &[u8]) -> bool {
+    headers.get_all(name).iter().any(|v| tokens(v).any(|t| t.eq_ignore_ascii_case(token)))
+}
+
+/// A WebSocket opening handshake (RFC 6455 §4.1): the one upgrade the frontend forwards.
+pub(crate) fn wants_websocket(method: &Method, version: Version, headers: &HeaderMap) -> bool {
+    method == Method::GET
+        && version == Version::HTTP_11
+        && has_token(headers, UPGRADE, b"websocket")
+        && has_token(headers, CONNECTION, b"upgrade")
+}
+
+/// Rewrites a client's request headers for the instance.
+///
+/// `Expect` is dropped because the frontend already answered `100-continue` to the client
+/// (hyper does when the body is first read); the instance gets the body without waiting.
+/// Other client headers (`Authorization`, `traceparent`, cookies, …) pass untouched.
+pub(crate) fn prepare_request(
+    headers: &mut HeaderMap,
+    host: HeaderValue,
+    peer: &Peer,
+    request_id: &HeaderValue,
+    websocket: bool,
+) {
+    strip_hop_by_hop(headers, websocket);
+    headers.remove(PROXY);
+    headers.remove(EXPECT);
+    headers.remove(X_REAL_IP);
+    if websocket {
+        headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+    headers.insert(HOST, host);
+    headers.insert(X_FORWARDED_FOR, peer.forwarded_for.clone());
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    headers.insert(FORWARDED, peer.forwarded.clone());
+    headers.insert(X_REQUEST_ID, request_id.clone());
+}
+
+/// Rewrites an instance's response headers for the client.
+pub(crate) fn prepare_response(headers: &mut HeaderMap, request_id: &HeaderValue, upgrade: bool) {
+    strip_hop_by_hop(headers, upgrade);
+    if upgrade {
+        headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+    headers.insert(X_RUNNEL_REQUEST_ID, request_id.clone());
+}
+
+/// Roughly the bytes of a message head on the wire (start line, headers, blank line), for the
+/// request log's sizes; hyper does not report what it read or wrote.
+pub(crate) fn head_size(start_line: usize, headers: &HeaderMap) -> u64 {
+    let fields: usize = headers.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
+    (start_line + 2 + fields + 2) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (n, v) in pairs {
+            headers.append(HeaderName::from_static(n), HeaderValue::from_static(v));
+        }
+        headers
+    }
+
+    fn names(headers: &HeaderMap) -> Vec<&str> {
+        let mut names: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+        names.sort_unstable();
+        names
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_the_ones_connection_names_are_removed() {
+        let mut headers = map(&[
+            ("connection", "close, X-Foo"),
+            ("connection", " x-bar ,,"),
+            ("x-foo", "1"),
+            ("x-bar", "2"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("te", "trailers"),
+            ("trailer", "x-checksum"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "h2c"),
+            ("proxy-authenticate", "Basic"),
+            ("proxy-authorization", "Basic eA=="),
+            ("content-type", "text/plain"),
+            ("x-keep", "3"),
+        ]);
+        strip_hop_by_hop(&mut headers, false);
+        assert_eq!(names(&headers), ["content-type", "x-keep"]);
+    }
+
+    #[test]
+    fn upgrade_survives_only_when_forwarding_an_upgrade() {
+        let mut headers = map(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
+        strip_hop_by_hop(&mut headers, true);
+        assert_eq!(names(&headers), ["upgrade"]);
+    }
+
+    #[test]
+    fn websocket_handshake_is_recognised() {
+        let ws = map(&[("connection", "keep-alive, Upgrade"), ("upgrade", "WebSocket")]);
+        assert!(wants_websocket(&Method::GET, Version::HTTP_11, &ws));
+        assert!(!wants_websocket(&Method::POST, Version::HTTP_11, &ws));
+        assert!(!wants_websocket(&Method::GET, Version::HTTP_10, &ws));
+        let h2c = map(&[("connection", "upgrade"), ("upgrade", "h2c")]);
+        assert!(!wants_websocket(&Method::GET, Version::HTTP_11, &h2c));
+        let unannounced = map(&[("upgrade", "websocket")]);
+        assert!(!wants_websocket(&Method::GET, Version::HTTP_11, &unannounced));
+    }
+
+    #[test]
+    fn client_claims_about_itself_are_replaced() {
+        let mut headers = map(&[
+            ("host", "svc.example.com"),
+            ("x-forwarded-for", "10.0.0.1"),
+            ("x-forwarded-for", "10.0.0.2"),
+            ("x-forwarded-proto", "https"),
+            ("forwarded", "for=10.0.0.1"),
+            ("x-real-ip", "10.0.0.1"),
+            ("x-request-id", "mine"),
+            ("proxy", "http://evil.example.com"),
+            ("expect", "100-continue"),
+            ("authorization", "Bearer t"),
+        ]);
+        let peer = Peer::new("::ffff:192.0.2.7".parse().unwrap());
+        let id = HeaderValue::from_static("0123");
+        prepare_request(&mut headers, HeaderValue::from_static("svc.example.com"), &peer, &id, false);
+        assert_eq!(headers.get_all("x-forwarded-for").iter().collect::<Vec<_>>(), ["192.0.2.7"]);
+        assert_eq!(headers["x-forwarded-proto"], "http");
+        assert_eq!(headers["forwarded"], "for=192.0.2.7;proto=http");
+        assert_eq!(headers["x-request-id"], "0123");
+        assert_eq!(headers["authorization"], "Bearer t");
+        for gone in ["x-real-ip", "proxy", "expect"] {
+            assert!(!headers.contains_key(gone), "{gone}");
+        }
+    }
+
+    #[test]
+    fn ipv6_peer_is_quoted_in_forwarded() {
+        let peer = Peer::new("2001:db8::1".parse().unwrap());
+        assert_eq!(peer.forwarded, "for=\"[2001:db8::1]\";proto=http");
+        assert_eq!(peer.forwarded_for, "2001:db8::1");
+    }
+
+    #[test]
+    fn a_client_cannot_use_connection_to_remove_what_the_frontend_sets() {
+        let mut headers = map(&[("connection", "host, x-forwarded-for, x-request-id"), ("host", "svc.example.com")]);
+        let peer = Peer::new("192.0.2.7".parse().unwrap());
+        let id = HeaderValue::from_static("0123");
+        prepare_request(&mut headers, HeaderValue::from_static("svc.example.com"), &peer, &id, false);
+        assert_eq!(headers["host"], "svc.example.com");
+        assert_eq!(headers["x-forwarded-for"], "192.0.2.7");
+        assert_eq!(headers["x-request-id"], "0123");
+    }
+
+    #[test]
+    fn response_gets_the_request_id_and_loses_hop_by_hop_headers() {
+        let mut headers = map(&[
+            ("connection", "close"),
+            ("transfer-encoding", "chunked"),
+            ("x-runnel-request-id", "forged"),
+            ("content-type", "text/event-stream"),
+        ]);
+        prepare_response(&mut headers, &HeaderValue::from_static("0123"), false);
+        assert_eq!(names(&headers), ["content-type", "x-runnel-request-id"]);
+        assert_eq!(headers["x-runnel-request-id"], "0123");
+    }
+}
