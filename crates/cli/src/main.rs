@@ -58,12 +58,12 @@ fn main() -> ExitCode {
     // The sandbox's own stages run before anything else: entering namespaces needs a process
     // with a single thread.
     let argv: Vec<String> = std::env::args().collect();
-    match (argv.get(1).map(String::as_str), argv.get(2)) {
-        (Some(runnel_runtime::sandbox::STAGE1_ARG), Some(spec)) => {
+    match argv.get(1).map(String::as_str) {
+        Some(runnel_runtime::sandbox::STAGE1_ARG) => {
             let exe = std::env::current_exe().unwrap_or_else(|_| "/proc/self/exe".into());
-            return runnel_runtime::sandbox::stage1_main(spec, &exe);
+            return runnel_runtime::sandbox::stage1_main(argv.get(2).map(String::as_str), &exe);
         }
-        (Some(runnel_runtime::sandbox::STAGE2_ARG), Some(spec)) => return runnel_runtime::sandbox::stage2_main(spec),
+        Some(runnel_runtime::sandbox::STAGE2_ARG) => return runnel_runtime::sandbox::stage2_main(),
         _ => {}
     }
     let matches = Cli::command().get_matches();

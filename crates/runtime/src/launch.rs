@@ -86,6 +86,9 @@ impl Launch {
             port: self.port,
             hostname: "localhost".into(),
             tmp_mib: 512,
+            host_uid: None,
+            parent_pid: Some(std::process::id()),
+            lifeline: None,
         }
     }
 }

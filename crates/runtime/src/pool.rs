@@ -67,6 +67,8 @@ pub struct Host {
 pub struct Instance {
     pub id: String,
     pub dir: PathBuf,
+    /// The host uid the instance runs as when the daemon is root: its own (see [`instance_uid`]).
+    pub host_uid: Option<u32>,
     in_flight: AtomicU32,
     ready: AtomicBool,
     last_lines: Mutex<VecDeque<String>>,
@@ -122,6 +124,22 @@ pub struct Pool {
     ever_ready: AtomicBool,
 }
 
+/// The first uid a root daemon gives its instances. Each instance gets its own uid above it,
+/// so no host process and no other instance shares its identity; the range must be free of
+/// host users (it is far above the ones distributions and subuid ranges hand out).
+pub const INSTANCE_UID_BASE: u32 = 0x6000_0000;
+const INSTANCE_UID_SPAN: u32 = 0x0100_0000;
+
+fn instance_uid() -> u32 {
+    use std::sync::atomic::AtomicU32;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    // Start at a different place in each daemon so a restart does not reuse the uids of
+    // instances a crashed daemon may have left.
+    static START: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    let start = *START.get_or_init(|| (std::process::id().wrapping_mul(2_654_435_761)) % INSTANCE_UID_SPAN);
+    INSTANCE_UID_BASE + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % INSTANCE_UID_SPAN
+}
+
 fn new_id() -> String {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
@@ -162,6 +180,7 @@ impl Pool {
     fn spawn_instance(self: &Arc<Self>) {
         let id = new_id();
         let instance = Arc::new(Instance {
+            host_uid: nix::unistd::getuid().is_root().then(instance_uid),
             dir: self.host.instances_dir.join(&id),
             id,
             in_flight: AtomicU32::new(0),
@@ -281,9 +300,9 @@ fn prepare_dir(instance: &Instance) -> std::io::Result<()> {
     std::fs::create_dir_all(instance.channel_dir())?;
     std::fs::set_permissions(&instance.dir, std::fs::Permissions::from_mode(0o755))?;
     std::fs::set_permissions(instance.channel_dir(), std::fs::Permissions::from_mode(0o700))?;
-    if nix::unistd::getuid().is_root() {
-        // A root daemon runs instances as nobody (see the sandbox); they create their sockets here.
-        std::os::unix::fs::chown(instance.channel_dir(), Some(65534), Some(65534))?;
+    if let Some(uid) = instance.host_uid {
+        // The instance creates its sockets here, as its own uid; nobody else may.
+        std::os::unix::fs::chown(instance.channel_dir(), Some(uid), Some(uid))?;
     }
     std::fs::write(
         instance.dir.join("hosts"),
@@ -368,8 +387,12 @@ async fn supervise(pool: Arc<Pool>, instance: Arc<Instance>) {
         if *stopping.borrow() {
             break;
         }
-        let spec = pool.launch.sandbox_spec(&instance.dir, &pool.host.hide, |k| std::env::var(k).ok());
-        let spawned = prepare_dir(&instance).and_then(|()| sandbox::spawn(&pool.host.exe, &spec));
+        let mut spec = pool.launch.sandbox_spec(&instance.dir, &pool.host.hide, |k| std::env::var(k).ok());
+        spec.host_uid = instance.host_uid;
+        let spawned = match prepare_dir(&instance) {
+            Ok(()) => sandbox::spawn(&pool.host.exe, &spec).await,
+            Err(e) => Err(e),
+        };
         let mut child = match spawned {
             Ok(c) => c,
             Err(e) => {

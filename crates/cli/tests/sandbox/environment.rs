@@ -60,7 +60,6 @@ fn working_dir_and_hostname_are_the_specs() {
 /// in `/proc/<pid>/cmdline` (`ps`): the revision's environment variables, secrets included, are
 /// public on the host for as long as the instance runs.
 #[test]
-#[ignore = "bug: the spec, with the revision's env, is in stage 1/2's argv, readable by every host user (mod.rs spawn, init.rs stage1_main)"]
 fn the_revisions_environment_is_not_readable_by_other_host_users() {
     if !is_root() {
         return;

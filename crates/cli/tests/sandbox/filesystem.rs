@@ -137,7 +137,6 @@ fn dev_holds_only_harmless_devices() {
 /// through an absolute symlink resolves to the *old* root, the empty tmpfs lands there, and the
 /// copy inside the new root stays visible.
 #[test]
-#[ignore = "bug: a hide path through an absolute symlink is not hidden (mounts.rs, hide loop)"]
 fn a_hide_path_through_an_absolute_symlink_is_hidden() {
     let world = World::new();
     let real = world.scratch().join("real");
@@ -163,7 +162,6 @@ fn a_hide_path_through_an_absolute_symlink_is_hidden() {
 /// daemon (or a library in it) leaks opens the host as the daemon sees it, hidden paths
 /// included, past the read-only view.
 #[test]
-#[ignore = "bug: inherited file descriptors reach the workload (init.rs: no close_range before exec)"]
 fn file_descriptors_inherited_by_stage_1_do_not_reach_the_workload() {
     let world = World::new();
     let spec = world.sh("a", r#"ls /proc/self/fd | tr '\n' ' '; echo; cat /proc/self/fd/5/secret"#);
@@ -175,7 +173,7 @@ fn file_descriptors_inherited_by_stage_1_do_not_reach_the_workload() {
         .arg(world.home())
         .arg(BIN)
         .arg("__sandbox")
-        .arg(spec.json());
+        .stdin(spec.stdin());
     let out = crate::harness::run(leaky);
     assert!(!out.stdout.contains(&world.home_secret_text), "the hidden home was read through fd 5: {out:#?}");
     assert_eq!(out.stderr, "cat: /proc/self/fd/5/secret: No such file or directory\n");

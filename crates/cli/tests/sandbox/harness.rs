@@ -184,7 +184,8 @@ impl World {
         chmod(&dir.join("root"), 0o755);
         chmod(&dir.join("run"), 0o755);
         if is_root() {
-            std::os::unix::fs::chown(dir.join("run"), Some(NOBODY), Some(NOBODY)).expect("chown run");
+            let uid = instance_uid(&dir);
+            std::os::unix::fs::chown(dir.join("run"), Some(uid), Some(uid)).expect("chown run");
         }
         fs::write(dir.join("hosts"), HOSTS).expect("write hosts");
         chmod(&dir.join("hosts"), 0o644);
@@ -215,6 +216,20 @@ impl World {
             tmp_mib: 64,
         }
     }
+
+    /// The host uid the instance `name` runs as when the tests run as root.
+    pub fn uid(&self, name: &str) -> u32 {
+        instance_uid(&self.home().join("instances").join(name))
+    }
+}
+
+/// The host uid a root daemon gives the instance in `dir`: its own, as runnel's pool does
+/// (from a range far above ordinary users), derived from the directory so tests can predict it.
+pub fn instance_uid(dir: &std::path::Path) -> u32 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    dir.hash(&mut h);
+    0x6200_0000 + (h.finish() % 0x00ff_ffff) as u32
 }
 
 /// The hosts file the daemon writes for every instance.
@@ -246,8 +261,21 @@ impl Spec {
             "port": self.port,
             "hostname": self.hostname,
             "tmp_mib": self.tmp_mib,
+            "host_uid": if is_root() { Some(instance_uid(&self.dir)) } else { None },
         })
         .to_string()
+    }
+
+    /// The spec as a file, for stage 1's standard input (where the daemon writes it).
+    pub fn stdin(&self) -> Stdio {
+        Stdio::from(fs::File::open(self.spec_file()).expect("open the spec"))
+    }
+
+    /// Writes the spec to a file beside the instance directory and returns its path.
+    pub fn spec_file(&self) -> PathBuf {
+        let path = self.dir.with_extension("spec.json");
+        fs::write(&path, self.json()).expect("write the spec");
+        path
     }
 
     /// The instance's channel directory as the daemon sees it.
@@ -285,7 +313,7 @@ impl Spec {
     /// Stage 1 exactly as the daemon starts it, as the test's own user.
     pub fn command(&self) -> Command {
         let mut c = Command::new(BIN);
-        c.arg("__sandbox").arg(self.json());
+        c.arg("__sandbox").stdin(self.stdin());
         c
     }
 
@@ -295,9 +323,11 @@ impl Spec {
         if !is_root() {
             return self.command();
         }
+        // Started by nobody, the sandbox runs as nobody and creates its sockets as nobody.
+        std::os::unix::fs::chown(self.run_dir(), Some(NOBODY), Some(NOBODY)).expect("chown run");
         let mut c = Command::new("setpriv");
         c.args([format!("--reuid={NOBODY}"), format!("--regid={NOBODY}"), "--clear-groups".into()]);
-        c.arg(BIN).arg("__sandbox").arg(self.json());
+        c.arg(BIN).arg("__sandbox").stdin(self.stdin());
         c
     }
 
@@ -370,7 +400,7 @@ pub struct Running {
 }
 
 pub fn start(mut command: Command) -> Running {
-    command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    command.stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = command.spawn().expect("start the sandbox");
     let (stdout, out_reader) = drain(child.stdout.take().expect("stdout pipe"));
     let (stderr, err_reader) = drain(child.stderr.take().expect("stderr pipe"));

@@ -3,8 +3,9 @@
 //! "Trust boundary" from inside, and the test checking from outside.
 //!
 //! Every test has its own directory and sandboxes, so they run in parallel; every sandbox is
-//! killed at a deadline. Tests marked `#[ignore = "bug: …"]` show holes that are not fixed yet:
-//! they assert the secure outcome and fail today (`cargo nextest run --run-ignored only`).
+//! killed at a deadline. Tests marked `#[ignore = "limitation: …"]` assert an outcome runnel
+//! does not reach by design (docs/security.md explains each); they fail today
+//! (`cargo nextest run --run-ignored only`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 

@@ -185,13 +185,15 @@ fn the_workload_is_nobody_on_the_host() {
         std::thread::sleep(Duration::from_millis(20));
     };
     let ids = host_ids(workload.pid).expect("the workload's status");
-    let expected = if is_root() { NOBODY } else { host_ids(std::process::id()).unwrap().uid[0] };
+    let own = world.uid("a");
+    let expected = if is_root() { own } else { host_ids(std::process::id()).unwrap().uid[0] };
     assert_eq!(ids.uid, [expected; 4], "host uids of the workload");
     if is_root() {
-        assert_eq!(ids.gid, [NOBODY; 4], "host gids of the workload");
+        assert_ne!(own, NOBODY, "a root daemon gives each instance a uid of its own, not nobody's");
+        assert_eq!(ids.gid, [own; 4], "host gids of the workload");
         assert_eq!(ids.groups, Vec::<u32>::new(), "supplementary groups of the workload");
         let stage1 = host_ids(sandbox.pid()).unwrap();
-        assert_eq!(stage1.uid, [NOBODY; 4], "host uids of stage 1");
+        assert_eq!(stage1.uid, [own; 4], "host uids of stage 1");
     }
 }
 
@@ -200,7 +202,6 @@ fn the_workload_is_nobody_on_the_host() {
 /// that the operator's shell runs once `runnel up` exits or is put in the background
 /// (CVE-2017-5226 in bubblewrap; fixed there with `setsid`).
 #[test]
-#[ignore = "bug: the workload shares the daemon's controlling terminal (init.rs: no setsid; mounts.rs binds /dev/tty)"]
 fn the_daemons_terminal_is_out_of_reach() {
     let world = World::new();
     let workload = r#"import errno, fcntl, os, termios
@@ -221,7 +222,7 @@ except OSError as e:
     let terminal = r#"import os, pty, select, subprocess, sys
 pid, master = pty.fork()
 if pid == 0:
-    r = subprocess.run(sys.argv[1:])
+    r = subprocess.run(sys.argv[1:3], stdin=open(sys.argv[3]))
     print(f"sandbox exit: {r.returncode}", flush=True)
     ready, _, _ = select.select([0], [], [], 0.5)
     print("terminal input:", repr(os.read(0, 200)) if ready else "none", flush=True)
@@ -243,7 +244,7 @@ sys.stdout.write(out.decode(errors="replace").replace("\r\n", "\n"))
 "#;
     let spec = world.python("a", workload);
     let mut cmd = std::process::Command::new(PYTHON);
-    cmd.arg("-c").arg(terminal).arg(BIN).arg("__sandbox").arg(spec.json());
+    cmd.arg("-c").arg(terminal).arg(BIN).arg("__sandbox").arg(spec.spec_file());
     let out = crate::harness::run(cmd);
     assert!(out.stdout.contains("sandbox exit: 0"), "{out:#?}");
     assert!(out.stdout.contains("open /dev/tty: ENXIO"), "the workload opened the daemon's terminal: {out:#?}");
@@ -263,7 +264,6 @@ const KEY_SYSCALLS: Option<(u32, u32)> = None;
 /// `KeyringMode=private` for a service), and instances can pass data to each other through it,
 /// outside every channel.
 #[test]
-#[ignore = "bug: instances share the daemon's session keyring (init.rs: no KEYCTL_JOIN_SESSION_KEYRING)"]
 fn the_daemons_session_keyring_is_not_shared_with_instances() {
     let Some((add_key, keyctl)) = KEY_SYSCALLS else { return };
     let world = World::new();
@@ -294,7 +294,7 @@ assert libc.syscall({keyctl}, 1, None) > 0
 assert add("runnel-daemon-key", sys.argv[1].encode()) == "ok"
 import subprocess
 for spec in sys.argv[3:]:
-    subprocess.run([sys.argv[2], "__sandbox", spec])
+    subprocess.run([sys.argv[2], "__sandbox"], input=spec.encode())
 "#
     );
     let mut cmd = std::process::Command::new(PYTHON);

@@ -36,18 +36,17 @@ pub(super) fn exit_code(status: WaitStatus) -> ExitCode {
 }
 
 /// Enters new user, mount, PID, network, IPC and UTS namespaces with ids mapped to an
-/// unprivileged host user.
-fn enter_namespaces() -> Result<(), String> {
+/// unprivileged host user: the daemon's own, or, for a root daemon, `host_uid` (never root).
+fn enter_namespaces(host_uid: Option<u32>) -> Result<(), String> {
     let (mut uid, mut gid) = (getuid().as_raw(), getgid().as_raw());
     if uid == 0 {
-        // Root maps the instance to nobody: inside it is "root" of nothing that matters, outside
-        // it owns no file.
+        let target = host_uid.filter(|u| *u != 0).unwrap_or(NOBODY);
         setgroups(&[]).map_err(|e| format!("drop groups: {e}"))?;
-        setresgid(Gid::from_raw(NOBODY), Gid::from_raw(NOBODY), Gid::from_raw(NOBODY))
-            .map_err(|e| format!("become nobody (gid): {e}"))?;
-        setresuid(Uid::from_raw(NOBODY), Uid::from_raw(NOBODY), Uid::from_raw(NOBODY))
-            .map_err(|e| format!("become nobody (uid): {e}"))?;
-        (uid, gid) = (NOBODY, NOBODY);
+        setresgid(Gid::from_raw(target), Gid::from_raw(target), Gid::from_raw(target))
+            .map_err(|e| format!("become uid {target} (gid): {e}"))?;
+        setresuid(Uid::from_raw(target), Uid::from_raw(target), Uid::from_raw(target))
+            .map_err(|e| format!("become uid {target}: {e}"))?;
+        (uid, gid) = (target, target);
         // Changing uid made /proc/self root's; the id maps below are written through it.
         nix::sys::prctl::set_dumpable(true).map_err(|e| format!("dumpable: {e}"))?;
     }
@@ -78,35 +77,95 @@ fn expose_instance_dir(dir: &Path) -> Result<(), String> {
         .map_err(|e| format!("bind {} on {EXPOSED_DIR}: {e}", dir.display()))
 }
 
+/// Closes every descriptor above stderr that this process inherited, except `keep`: whatever
+/// the daemon (or a test harness) left open must not reach the workload.
+fn close_inherited(keep: Option<i32>) {
+    let fds: Vec<i32> = match fs::read_dir("/proc/self/fd") {
+        Ok(dir) => dir.flatten().filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok())).collect(),
+        Err(_) => return,
+    };
+    for fd in fds.into_iter().filter(|fd| *fd > 2 && Some(*fd) != keep) {
+        let _ = nix::unistd::close(fd);
+    }
+}
+
+/// Gives this process a new, empty session keyring, so neither the daemon's keys nor keys
+/// another instance leaves behind are reachable from the workload.
+#[allow(unsafe_code, reason = "keyctl has no safe wrapper in the crates runnel uses")]
+fn join_new_session_keyring() -> Result<(), String> {
+    // SAFETY: KEYCTL_JOIN_SESSION_KEYRING with a null name reads no memory of ours; it only
+    // replaces this process's session keyring with a new anonymous one.
+    let r =
+        unsafe { libc::syscall(libc::SYS_keyctl, libc::KEYCTL_JOIN_SESSION_KEYRING, std::ptr::null::<libc::c_char>()) };
+    if r < 0 { Err(format!("join a new session keyring: {}", nix::errno::Errno::last())) } else { Ok(()) }
+}
+
+/// Reads the spec from standard input: never from the command line, which every host user can
+/// read in `/proc/PID/cmdline`.
+fn read_spec() -> Result<SandboxSpec, String> {
+    let mut json = String::new();
+    std::io::Read::read_to_string(&mut std::io::stdin(), &mut json).map_err(|e| format!("read spec: {e}"))?;
+    serde_json::from_str(&json).map_err(|e| format!("bad spec: {e}"))
+}
+
+/// Canonical forms of the paths to hide, so a symlink on the way cannot lead the hiding mount
+/// astray (both the path as given and where it really is are hidden).
+fn resolve_hidden(hide: &[std::path::PathBuf]) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for p in hide {
+        out.push(p.clone());
+        if let Ok(real) = fs::canonicalize(p)
+            && !out.contains(&real)
+        {
+            out.push(real);
+        }
+    }
+    out
+}
+
 /// Stage 1: namespaces, hostname, loopback; then runs stage 2 as PID 1 and relays signals.
-pub fn stage1_main(spec_json: &str, exe: &Path) -> ExitCode {
+/// `mode` is `Some("probe")` to only test that namespaces can be made; otherwise the spec
+/// comes on standard input.
+pub fn stage1_main(mode: Option<&str>, exe: &Path) -> ExitCode {
     if let Err(e) = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL) {
         return fail("die with the daemon", e);
     }
-    if spec_json == "probe" {
-        return match enter_namespaces().and_then(|()| netlink::setup_loopback(Ipv4Addr::new(169, 254, 169, 254))) {
+    close_inherited(None);
+    // A session of its own: no controlling terminal, so the workload cannot type into the
+    // operator's (TIOCSTI).
+    if let Err(e) = nix::unistd::setsid() {
+        return fail("new session", e);
+    }
+    if let Err(e) = join_new_session_keyring() {
+        return fail("keyring", e);
+    }
+    if mode == Some("probe") {
+        return match enter_namespaces(None).and_then(|()| netlink::setup_loopback(Ipv4Addr::new(169, 254, 169, 254))) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail("probe", e),
         };
     }
-    let mut spec: SandboxSpec = match serde_json::from_str(spec_json) {
+    let mut spec = match read_spec() {
         Ok(s) => s,
-        Err(e) => return fail("bad spec", e),
+        Err(e) => return fail("spec", e),
     };
+    // The daemon may have died before this process asked to die with it.
+    if let Some(ppid) = spec.parent_pid
+        && u32::try_from(nix::unistd::getppid().as_raw()).ok() != Some(ppid)
+    {
+        return fail("parent", "the daemon that started this sandbox is gone");
+    }
+    spec.hide = resolve_hidden(&spec.hide);
     if getuid().is_root() {
-        // The instance's directory sits in `$RUNNEL_HOME` (mode 0700), which `nobody` cannot
-        // traverse. While still root, give it a path `nobody` can reach, in a mount namespace of
-        // this process only; the namespaces below inherit it, locked.
+        // The instance's directory sits in `$RUNNEL_HOME` (mode 0700), which the instance's
+        // uid cannot traverse. While still root, give it a path that uid can reach, in a mount
+        // namespace of this process only; the namespaces below inherit it, locked.
         if let Err(e) = expose_instance_dir(&spec.dir) {
             return fail("instance directory", e);
         }
         spec.dir = std::path::PathBuf::from(EXPOSED_DIR);
     }
-    let spec_json = match serde_json::to_string(&spec) {
-        Ok(j) => j,
-        Err(e) => return fail("spec", e),
-    };
-    if let Err(e) = enter_namespaces() {
+    if let Err(e) = enter_namespaces(spec.host_uid) {
         return fail("namespaces", e);
     }
     if let Err(e) = sethostname(&spec.hostname) {
@@ -115,6 +174,19 @@ pub fn stage1_main(spec_json: &str, exe: &Path) -> ExitCode {
     if let Err(e) = netlink::setup_loopback(Ipv4Addr::new(169, 254, 169, 254)) {
         return fail("loopback", e);
     }
+    // The lifeline: stage 2 inherits the read end; this process alone holds the write end.
+    let (lifeline_read, lifeline_write) = match nix::unistd::pipe() {
+        Ok(p) => p,
+        Err(e) => return fail("lifeline", e),
+    };
+    if let Err(e) = nix::fcntl::fcntl(&lifeline_write, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC)) {
+        return fail("lifeline", e);
+    }
+    spec.lifeline = Some(std::os::fd::AsRawFd::as_raw_fd(&lifeline_read));
+    let spec_json = match serde_json::to_string(&spec) {
+        Ok(j) => j,
+        Err(e) => return fail("spec", e),
+    };
     let mut signals = SigSet::empty();
     for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP, Signal::SIGCHLD] {
         signals.add(s);
@@ -122,22 +194,44 @@ pub fn stage1_main(spec_json: &str, exe: &Path) -> ExitCode {
     if let Err(e) = signals.thread_block() {
         return fail("block signals", e);
     }
-    let child = match Command::new(exe).arg(STAGE2_ARG).arg(&spec_json).env_clear().stdin(Stdio::null()).spawn() {
+    let mut child = match Command::new(exe).arg(STAGE2_ARG).env_clear().stdin(Stdio::piped()).spawn() {
         Ok(c) => c,
         Err(e) => return fail("start stage 2", e),
     };
+    drop(lifeline_read);
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = std::io::Write::write_all(&mut stdin, spec_json.as_bytes());
+    }
     let pid = Pid::from_raw(i32::try_from(child.id()).unwrap_or(0));
     loop {
         match signals.wait() {
             Ok(Signal::SIGCHLD) => match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::StillAlive) | Err(_) => continue,
-                Ok(status) => return exit_code(status),
+                Ok(status) => {
+                    drop(lifeline_write);
+                    return exit_code(status);
+                }
             },
             Ok(sig) => {
                 let _ = kill(pid, sig);
             }
             Err(e) => return fail("wait for signals", e),
         }
+    }
+}
+
+/// Whether stage 1 still holds the lifeline's write end: a read that would block means yes,
+/// end-of-file means it is gone.
+fn stage1_alive(lifeline: i32) -> bool {
+    use std::os::unix::fs::OpenOptionsExt;
+    let pipe =
+        fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(format!("/proc/self/fd/{lifeline}"));
+    match pipe {
+        Ok(mut p) => {
+            let mut b = [0u8; 1];
+            !matches!(std::io::Read::read(&mut p, &mut b), Ok(0))
+        }
+        Err(_) => false,
     }
 }
 
@@ -156,7 +250,7 @@ fn drop_privileges() -> Result<(), String> {
 
 /// Stage 2, PID 1 of the sandbox: builds the filesystem, opens the channels, runs the
 /// workload, reaps orphans, and exits with the workload's status.
-pub fn stage2_main(spec_json: &str) -> ExitCode {
+pub fn stage2_main() -> ExitCode {
     if let Err(e) = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL) {
         return fail("die with stage 1", e);
     }
@@ -164,10 +258,17 @@ pub fn stage2_main(spec_json: &str) -> ExitCode {
     if let Err(e) = SigSet::all().thread_unblock() {
         return fail("unblock signals", e);
     }
-    let spec: SandboxSpec = match serde_json::from_str(spec_json) {
+    let spec = match read_spec() {
         Ok(s) => s,
-        Err(e) => return fail("bad spec", e),
+        Err(e) => return fail("spec", e),
     };
+    // Stage 1 may have died before the line above took effect; then nobody would stop us.
+    if let Some(fd) = spec.lifeline
+        && !stage1_alive(fd)
+    {
+        return fail("parent", "stage 1 is gone");
+    }
+    close_inherited(None);
     if let Err(e) = mounts::build_root(&spec) {
         return fail("filesystem", e);
     }

@@ -38,20 +38,25 @@ use std::process::{Command, Stdio};
 pub const STAGE1_ARG: &str = "__sandbox";
 pub const STAGE2_ARG: &str = "__sandbox-init";
 
-/// Starts an instance in a new sandbox. `exe` is the runnel binary; stdout and stderr of the
-/// workload come out of the returned child's pipes. Dropping the child kills the sandbox: stage
-/// 1 dies, and with it, through `PR_SET_PDEATHSIG`, everything inside.
-pub fn spawn(exe: &Path, spec: &SandboxSpec) -> std::io::Result<tokio::process::Child> {
+/// Starts an instance in a new sandbox. `exe` is the runnel binary; the spec goes on the
+/// child's standard input (never its command line, which other host users can read); stdout
+/// and stderr of the workload come out of the returned child's pipes. Dropping the child kills
+/// the sandbox: stage 1 dies, and with it, through `PR_SET_PDEATHSIG`, everything inside.
+pub async fn spawn(exe: &Path, spec: &SandboxSpec) -> std::io::Result<tokio::process::Child> {
+    use tokio::io::AsyncWriteExt;
     let json = serde_json::to_string(spec).map_err(std::io::Error::other)?;
-    tokio::process::Command::new(exe)
+    let mut child = tokio::process::Command::new(exe)
         .arg(STAGE1_ARG)
-        .arg(json)
         .env_clear()
-        .stdin(Stdio::null())
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
-        .spawn()
+        .spawn()?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(json.as_bytes()).await?;
+    }
+    Ok(child)
 }
 
 /// Whether this kernel lets runnel build sandboxes: tries a throwaway user + network namespace

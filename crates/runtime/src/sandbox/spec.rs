@@ -51,6 +51,17 @@ pub struct SandboxSpec {
     pub hostname: String,
     /// Size limit of the in-memory `/tmp`, in MiB.
     pub tmp_mib: u32,
+    /// The host uid (and gid) the instance runs as, when the daemon is root: one of its own,
+    /// so no other host process, and no other instance, shares it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_uid: Option<u32>,
+    /// The daemon's pid: stage 1 exits if its parent is already gone when it starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_pid: Option<u32>,
+    /// Set by stage 1 for stage 2: the read end of a pipe whose write end stage 1 holds, so
+    /// stage 2 can tell whether stage 1 died before stage 2 could ask to die with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lifeline: Option<i32>,
 }
 
 impl SandboxSpec {
