@@ -104,6 +104,17 @@ pub struct Up {
     /// Allow the frontend on a non-loopback address without TLS.
     #[arg(long)]
     pub allow_insecure_frontend: bool,
+    /// How instances are confined: `sandbox` (Linux namespaces), or `none` where the kernel
+    /// allows no namespaces. `none` is insecure: instances share the host's network, files and
+    /// processes, and reach each other and the daemon directly.
+    #[arg(long, value_enum, default_value = "sandbox")]
+    pub isolation: IsolationFlag,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum IsolationFlag {
+    Sandbox,
+    None,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -64,6 +64,7 @@ fn main() -> ExitCode {
             return runnel_runtime::sandbox::stage1_main(argv.get(2).map(String::as_str), &exe);
         }
         Some(runnel_runtime::sandbox::STAGE2_ARG) => return runnel_runtime::sandbox::stage2_main(),
+        Some(runnel_runtime::sandbox::BARE_ARG) => return runnel_runtime::sandbox::bare_main(),
         _ => {}
     }
     let matches = Cli::command().get_matches();

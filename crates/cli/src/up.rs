@@ -14,9 +14,10 @@ use runnel_api::{Bootstrap, Settings};
 use runnel_gateway::{Frontend, FrontendConfig};
 use runnel_runtime::logs::LogStore;
 use runnel_runtime::pool::Host;
+use runnel_runtime::sandbox::Isolation;
 use runnel_store::RedbStore;
 
-use crate::cli::{Role, Up};
+use crate::cli::{IsolationFlag, Role, Up};
 use crate::home::{self, DaemonInfo};
 use crate::node::{Logs, Node, Routes};
 
@@ -82,8 +83,13 @@ pub async fn up(home_dir: &Path, args: Up) -> Result<()> {
     let exe = std::env::current_exe().context("cannot find the runnel binary to run sandboxes with")?;
     if node {
         check_frontend_address(&args.frontend_address, args.allow_insecure_frontend)?;
-        runnel_runtime::sandbox::probe(&exe)
-            .map_err(|e| anyhow!("runnel cannot build sandboxes for instances on this machine: {e}"))?;
+        if args.isolation == IsolationFlag::Sandbox {
+            runnel_runtime::sandbox::probe(&exe).map_err(|e| {
+                anyhow!(
+                    "runnel cannot build sandboxes for instances on this machine: {e}. Instances are untrusted code: fix the kernel settings, or, knowing that nothing then separates instances from each other and from this machine, start with `--isolation=none`"
+                )
+            })?;
+        }
     }
     // The frontend is bound first: service URLs carry its real port (port 0 picks one).
     let frontend = if node { Some(bind(&args.frontend_address, "--frontend-address").await?) } else { None };
@@ -123,12 +129,17 @@ pub async fn up(home_dir: &Path, args: Up) -> Result<()> {
         std::fs::create_dir_all(&instances_dir)?;
         std::fs::set_permissions(&instances_dir, std::os::unix::fs::PermissionsExt::from_mode(0o711))?;
         let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
+        let isolation = match args.isolation {
+            IsolationFlag::Sandbox => Isolation::Sandbox,
+            IsolationFlag::None => Isolation::None,
+        };
         let host = Arc::new(Host {
             exe,
             instances_dir,
             hide: hidden_paths(home_dir),
             output: sink.clone(),
             events: events_tx,
+            isolation,
         });
         let routes = Arc::new(Routes::default());
         let node = Node {
@@ -170,6 +181,11 @@ pub async fn up(home_dir: &Path, args: Up) -> Result<()> {
     };
     home::write_private(&home_dir.join(home::DAEMON_FILE), serde_json::to_string_pretty(&info)?.as_bytes())?;
 
+    if node && args.isolation == IsolationFlag::None {
+        let warning = "WARNING: --isolation=none: instances run WITHOUT a sandbox, as ordinary processes of this user; they can reach each other, this machine's network and files, and the daemon. Never run untrusted code this way.";
+        println!("{warning}");
+        tracing::warn!("{warning}");
+    }
     println!("runnel is up for project {} (number {})", project.project_id, project.project_number);
     println!("  api:          http://{api_addr}");
     match frontend_addr {

@@ -61,6 +61,7 @@ pub struct Host {
     pub hide: Vec<PathBuf>,
     pub output: Arc<dyn OutputSink>,
     pub events: mpsc::UnboundedSender<Event>,
+    pub isolation: sandbox::Isolation,
 }
 
 /// One instance of a revision.
@@ -180,7 +181,8 @@ impl Pool {
     fn spawn_instance(self: &Arc<Self>) {
         let id = new_id();
         let instance = Arc::new(Instance {
-            host_uid: nix::unistd::getuid().is_root().then(instance_uid),
+            host_uid: (nix::unistd::getuid().is_root() && self.host.isolation == sandbox::Isolation::Sandbox)
+                .then(instance_uid),
             dir: self.host.instances_dir.join(&id),
             id,
             in_flight: AtomicU32::new(0),
@@ -390,7 +392,7 @@ async fn supervise(pool: Arc<Pool>, instance: Arc<Instance>) {
         let mut spec = pool.launch.sandbox_spec(&instance.dir, &pool.host.hide, |k| std::env::var(k).ok());
         spec.host_uid = instance.host_uid;
         let spawned = match prepare_dir(&instance) {
-            Ok(()) => sandbox::spawn(&pool.host.exe, &spec).await,
+            Ok(()) => sandbox::spawn(&pool.host.exe, &spec, pool.host.isolation).await,
             Err(e) => Err(e),
         };
         let mut child = match spawned {

@@ -63,31 +63,34 @@ where
     let _ = tokio::io::copy_bidirectional(&mut a, &mut b).await;
 }
 
+/// Serves the `port.sock` channel: each connection is bridged to the workload's port.
+pub(super) async fn bridge_port(port_listener: UnixListener, workload: SocketAddr) {
+    while let Ok((mut conn, _)) = port_listener.accept().await {
+        tokio::spawn(async move {
+            // One byte tells the daemon whether the workload took the connection, so a
+            // readiness probe through this bridge means what a TCP probe means.
+            match TcpStream::connect(workload).await {
+                Ok(app) => {
+                    let _ = app.set_nodelay(true);
+                    if conn.write_all(&[PORT_CONNECTED]).await.is_ok() {
+                        splice(conn, app).await;
+                    }
+                }
+                Err(_) => {
+                    let _ = conn.write_all(&[PORT_REFUSED]).await;
+                }
+            }
+        });
+    }
+}
+
 impl Open {
     /// Serves every channel until the sandbox ends. A connection whose other end is not
     /// there (the workload not yet listening, the daemon's socket gone) is closed at once,
     /// which the caller sees as a refused connection.
     pub(super) async fn serve(self) {
         let Open { port_listener, metadata, egress, workload } = self;
-        let inbound = async move {
-            while let Ok((mut conn, _)) = port_listener.accept().await {
-                tokio::spawn(async move {
-                    // One byte tells the daemon whether the workload took the connection, so a
-                    // readiness probe through this bridge means what a TCP probe means.
-                    match TcpStream::connect(workload).await {
-                        Ok(app) => {
-                            let _ = app.set_nodelay(true);
-                            if conn.write_all(&[PORT_CONNECTED]).await.is_ok() {
-                                splice(conn, app).await;
-                            }
-                        }
-                        Err(_) => {
-                            let _ = conn.write_all(&[PORT_REFUSED]).await;
-                        }
-                    }
-                });
-            }
-        };
+        let inbound = bridge_port(port_listener, workload);
         let outbound = |listener: TcpListener, name: &'static str| async move {
             while let Ok((conn, _)) = listener.accept().await {
                 tokio::spawn(async move {

@@ -22,7 +22,7 @@ use super::{STAGE2_ARG, mounts, netlink};
 /// The host identity an instance gets when the daemon runs as root: never root itself.
 const NOBODY: u32 = 65534;
 
-fn fail(what: &str, e: impl std::fmt::Display) -> ExitCode {
+pub(super) fn fail(what: &str, e: impl std::fmt::Display) -> ExitCode {
     eprintln!("runnel sandbox: {what}: {e}");
     ExitCode::from(125)
 }
@@ -79,7 +79,7 @@ fn expose_instance_dir(dir: &Path) -> Result<(), String> {
 
 /// Closes every descriptor above stderr that this process inherited, except `keep`: whatever
 /// the daemon (or a test harness) left open must not reach the workload.
-fn close_inherited(keep: Option<i32>) {
+pub(super) fn close_inherited(keep: Option<i32>) {
     let fds: Vec<i32> = match fs::read_dir("/proc/self/fd") {
         Ok(dir) => dir.flatten().filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok())).collect(),
         Err(_) => return,
@@ -102,7 +102,7 @@ fn join_new_session_keyring() -> Result<(), String> {
 
 /// Reads the spec from standard input: never from the command line, which every host user can
 /// read in `/proc/PID/cmdline`.
-fn read_spec() -> Result<SandboxSpec, String> {
+pub(super) fn read_spec() -> Result<SandboxSpec, String> {
     let mut json = String::new();
     std::io::Read::read_to_string(&mut std::io::stdin(), &mut json).map_err(|e| format!("read spec: {e}"))?;
     serde_json::from_str(&json).map_err(|e| format!("bad spec: {e}"))

@@ -20,6 +20,7 @@
 //! creates it. Both stages die with their parent (`PR_SET_PDEATHSIG`), and when stage 2, PID 1,
 //! exits the kernel kills everything left in the namespace: no process outlives its instance.
 
+mod bare;
 mod channels;
 mod init;
 mod mounts;
@@ -27,6 +28,7 @@ mod netlink;
 mod reaper;
 mod spec;
 
+pub use bare::bare_main;
 pub use init::{stage1_main, stage2_main};
 pub use spec::{CHANNEL_DIR, Channels, EGRESS_PROXY, METADATA_ADDR, PORT_CONNECTED, PORT_REFUSED, SandboxSpec};
 
@@ -37,16 +39,30 @@ use std::process::{Command, Stdio};
 /// (namespaces can only be entered by a single-threaded process).
 pub const STAGE1_ARG: &str = "__sandbox";
 pub const STAGE2_ARG: &str = "__sandbox-init";
+/// `--isolation=none`: the workload as a plain process (see `bare.rs`).
+pub const BARE_ARG: &str = "__bare";
+
+/// How instances are confined.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isolation {
+    /// Each instance in its own sandbox (the default).
+    Sandbox,
+    /// No sandbox: insecure, for machines without user namespaces.
+    None,
+}
 
 /// Starts an instance in a new sandbox. `exe` is the runnel binary; the spec goes on the
 /// child's standard input (never its command line, which other host users can read); stdout
 /// and stderr of the workload come out of the returned child's pipes. Dropping the child kills
 /// the sandbox: stage 1 dies, and with it, through `PR_SET_PDEATHSIG`, everything inside.
-pub async fn spawn(exe: &Path, spec: &SandboxSpec) -> std::io::Result<tokio::process::Child> {
+pub async fn spawn(exe: &Path, spec: &SandboxSpec, isolation: Isolation) -> std::io::Result<tokio::process::Child> {
     use tokio::io::AsyncWriteExt;
     let json = serde_json::to_string(spec).map_err(std::io::Error::other)?;
     let mut child = tokio::process::Command::new(exe)
-        .arg(STAGE1_ARG)
+        .arg(match isolation {
+            Isolation::Sandbox => STAGE1_ARG,
+            Isolation::None => BARE_ARG,
+        })
         .env_clear()
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
