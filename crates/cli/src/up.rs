@@ -140,6 +140,7 @@ pub async fn up(home_dir: &Path, args: Up) -> Result<()> {
             output: sink.clone(),
             events: events_tx,
             isolation,
+            channels: None,
         });
         let routes = Arc::new(Routes::default());
         let node = Node {

@@ -52,6 +52,17 @@ pub enum Event {
     Crashed(RevisionKey, String),
 }
 
+/// The daemon's ends of an instance's outbound channels (`metadata.sock`, `egress.sock`).
+///
+/// Called before each start of an instance, with the instance's channel directory: bind the
+/// sockets there, let `uid` (the instance's host uid, when the daemon is root) connect, and serve
+/// them knowing exactly which instance and revision is on the other end, until the returned
+/// guard is dropped.
+pub trait ChannelProvider: Send + Sync + 'static {
+    fn open(&self, key: &RevisionKey, instance: &str, channel_dir: &std::path::Path, uid: Option<u32>)
+    -> std::io::Result<Box<dyn Send + Sync>>;
+}
+
 /// What every pool of the daemon shares.
 pub struct Host {
     pub exe: PathBuf,
@@ -62,6 +73,8 @@ pub struct Host {
     pub output: Arc<dyn OutputSink>,
     pub events: mpsc::UnboundedSender<Event>,
     pub isolation: sandbox::Isolation,
+    /// Serves the instances' outbound channels; without it they lead nowhere.
+    pub channels: Option<Arc<dyn ChannelProvider>>,
 }
 
 /// One instance of a revision.
@@ -391,7 +404,18 @@ async fn supervise(pool: Arc<Pool>, instance: Arc<Instance>) {
         }
         let mut spec = pool.launch.sandbox_spec(&instance.dir, &pool.host.hide, |k| std::env::var(k).ok());
         spec.host_uid = instance.host_uid;
+        // The daemon's ends of the outbound channels live as long as this run of the instance.
+        let mut channels: Option<Box<dyn Send + Sync>> = None;
         let spawned = match prepare_dir(&instance) {
+            Ok(()) => match &pool.host.channels {
+                Some(provider) => provider.open(&key, &instance.id, &instance.channel_dir(), instance.host_uid).map(|g| {
+                    channels = Some(g);
+                }),
+                None => Ok(()),
+            },
+            Err(e) => Err(e),
+        };
+        let spawned = match spawned {
             Ok(()) => sandbox::spawn(&pool.host.exe, &spec, pool.host.isolation).await,
             Err(e) => Err(e),
         };
@@ -449,6 +473,7 @@ async fn supervise(pool: Arc<Pool>, instance: Arc<Instance>) {
                 None
             }
         };
+        drop(channels);
         let Some(message) = failure else { break };
         // Give the output pumps a moment to collect the last lines.
         tokio::time::sleep(Duration::from_millis(50)).await;
