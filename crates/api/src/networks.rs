@@ -4,7 +4,7 @@
 //! all the others of its network, across regions, inside the transaction that writes it.
 
 use runnel_model::names;
-use runnel_model::network::{self, Connector, Network, PlacedRange, Subnetwork};
+use runnel_model::network::{self, Connector, Endpoint, Network, PlacedRange, Subnetwork};
 use runnel_policy::iam::Principal;
 use runnel_store::Read;
 use serde_json::{Value, json};
@@ -19,6 +19,10 @@ pub(crate) fn network_key(name: &str) -> String {
 
 pub(crate) fn subnet_key(region: &str, name: &str) -> String {
     format!("subnets/{region}/{name}")
+}
+
+pub(crate) fn endpoint_key(region: &str, name: &str) -> String {
+    format!("endpoints/{region}/{name}")
 }
 
 pub(crate) fn connector_key(region: &str, name: &str) -> String {
@@ -255,6 +259,12 @@ impl ControlPlane {
                 .filter(|c| c.subnet.as_ref().is_some_and(|cs| cs.name == name))
                 .map(|c| format!("connector `{}`", last_segment(&c.name)))
                 .collect();
+            users.extend(
+                scan::<Endpoint>(w, &format!("endpoints/{region}/"))?
+                    .into_iter()
+                    .filter(|e| last_segment(&e.subnetwork) == name)
+                    .map(|e| format!("endpoint `{}`", e.name)),
+            );
             users.extend(self.revisions_using(w, |rev| {
                 rev.vpc_access.as_ref().is_some_and(|v| v.network_interfaces.iter().any(|ni| ni.subnetwork == name))
                     && rev.name.split('/').nth(3) == Some(region)
@@ -384,5 +394,116 @@ impl ControlPlane {
             Ok(c)
         })?;
         Ok(crate::ops::done(&self.project.project_id, region, CONNECTOR_TYPE, &c))
+    }
+
+    // ---- internal endpoints -------------------------------------------------------------------
+
+    fn endpoint_link(&self, region: &str, name: &str) -> String {
+        format!("projects/{}/regions/{region}/endpoints/{name}", self.project.project_id)
+    }
+
+    /// Places a name and an address in a subnet, and records where the service really listens.
+    pub fn create_endpoint(&self, caller: &Principal, project: &str, region: &str, body: Endpoint) -> ApiResult<Value> {
+        self.check_project(project)?;
+        names::region(region)?;
+        let link = self.endpoint_link(region, &body.name);
+        let subnet_name = last_segment(&body.subnetwork).to_string();
+        if subnet_name.is_empty() {
+            return Err(ApiError::invalid("the endpoint names no subnet; pass `--subnet`"));
+        }
+        let e = self.write(|w| {
+            self.project_target("compute.endpoints.create", w, caller, &link)?;
+            let subnet: Subnetwork = get(w, &subnet_key(region, &subnet_name))?.ok_or_else(|| {
+                ApiError::invalid(format!(
+                    "subnet `{subnet_name}` does not exist in region `{region}`; create it with `runnel compute networks subnets create {subnet_name} --network=NETWORK --region={region} --range=10.0.0.0/24`"
+                ))
+            })?;
+            let network = last_segment(&subnet.network).to_string();
+            if !body.network.is_empty() && last_segment(&body.network) != network {
+                return Err(ApiError::invalid(format!(
+                    "subnet `{subnet_name}` belongs to network `{network}`, not `{}`; pass `--network={network}` or another subnet",
+                    last_segment(&body.network)
+                )));
+            }
+            let range = subnet.ip_cidr_range.parse().map_err(ApiError::internal)?;
+            let (address, _) = body.validate(&range)?;
+            if get::<Endpoint>(w, &endpoint_key(region, &body.name))?.is_some() {
+                return Err(ApiError::already_exists(format!("endpoint `{}` already exists in region `{region}`; pick another name", body.name)));
+            }
+            let hostname = format!("{}.{network}.internal", body.name);
+            for other in scan::<Endpoint>(w, "endpoints/")? {
+                if last_segment(&other.network) == network && other.address == address.to_string() {
+                    return Err(ApiError::already_exists(format!(
+                        "address `{address}` in network `{network}` is already endpoint `{}`; pick another address",
+                        other.name
+                    )));
+                }
+                if other.hostname == hostname {
+                    return Err(ApiError::already_exists(format!(
+                        "the name `{hostname}` is already endpoint `{}` in another region; pick another name",
+                        other.name
+                    )));
+                }
+            }
+            let e = Endpoint {
+                kind: "runnel#endpoint".into(),
+                id: numeric_id(),
+                creation_timestamp: now(),
+                name: body.name.clone(),
+                description: body.description.clone(),
+                network: self.network_link(&network),
+                subnetwork: subnet.self_link.clone(),
+                address: address.to_string(),
+                target: body.target.clone(),
+                hostname,
+                region: format!("projects/{}/regions/{region}", self.project.project_id),
+                self_link: link.clone(),
+            };
+            put(w, &endpoint_key(region, &e.name), &e)?;
+            Ok(e)
+        })?;
+        Ok(crate::ops::compute_done(&self.project.project_id, "insert", &e.self_link, &e.id, Some(region)))
+    }
+
+    pub fn list_endpoints(&self, caller: &Principal, project: &str, region: &str) -> ApiResult<Value> {
+        self.check_project(project)?;
+        let parent = format!("projects/{}/regions/{region}/endpoints", self.project.project_id);
+        self.read(|r| {
+            self.project_target("compute.endpoints.list", r, caller, &parent)?;
+            let prefix = if region == "-" { "endpoints/".to_string() } else { format!("endpoints/{region}/") };
+            let items: Vec<Endpoint> = scan(r, &prefix)?;
+            Ok(json!({ "kind": "runnel#endpointList", "id": parent, "items": items, "selfLink": parent }))
+        })
+    }
+
+    pub fn get_endpoint(&self, caller: &Principal, project: &str, region: &str, name: &str) -> ApiResult<Endpoint> {
+        self.check_project(project)?;
+        let link = self.endpoint_link(region, name);
+        self.read(|r| {
+            self.project_target("compute.endpoints.get", r, caller, &link)?;
+            get(r, &endpoint_key(region, name))?.ok_or_else(|| {
+                ApiError::not_found(format!(
+                    "endpoint `{name}` does not exist in region `{region}`; list endpoints with `runnel compute networks endpoints list`"
+                ))
+            })
+        })
+    }
+
+    pub fn delete_endpoint(&self, caller: &Principal, project: &str, region: &str, name: &str) -> ApiResult<Value> {
+        self.check_project(project)?;
+        let link = self.endpoint_link(region, name);
+        let e = self.write(|w| {
+            self.project_target("compute.endpoints.delete", w, caller, &link)?;
+            let e: Endpoint = get(w, &endpoint_key(region, name))?
+                .ok_or_else(|| ApiError::not_found(format!("endpoint `{name}` does not exist in region `{region}`")))?;
+            w.delete(&endpoint_key(region, name))?;
+            Ok(e)
+        })?;
+        Ok(crate::ops::compute_done(&self.project.project_id, "delete", &e.self_link, &e.id, Some(region)))
+    }
+
+    /// Every internal endpoint, for the egress path.
+    pub fn endpoints(&self) -> ApiResult<Vec<Endpoint>> {
+        self.read(|r| scan(r, "endpoints/"))
     }
 }

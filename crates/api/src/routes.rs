@@ -49,6 +49,8 @@ pub fn app(cp: Arc<ControlPlane>) -> Router {
         .route("/compute/v1/projects/{p}/global/networks/{n}", get(get_network).delete(delete_network))
         .route("/compute/v1/projects/{p}/regions/{r}/subnetworks", get(list_subnets).post(create_subnet))
         .route("/compute/v1/projects/{p}/regions/{r}/subnetworks/{s}", get(get_subnet).delete(delete_subnet))
+        .route("/compute/v1/projects/{p}/regions/{r}/endpoints", get(list_endpoints).post(create_endpoint))
+        .route("/compute/v1/projects/{p}/regions/{r}/endpoints/{e}", get(get_endpoint).delete(delete_endpoint))
         .route("/runnel/v1/projects/{p}/locations/{l}/services/{s}/logs", get(read_logs))
         .route("/runnel/v1/projects/{p}/credentials", get(list_credentials).post(create_credential))
         .route("/runnel/v1/projects/{p}/credentials/{c}", axum::routing::delete(delete_credential))
@@ -441,6 +443,37 @@ async fn read_logs(
     let kind = q.get("kind").cloned().unwrap_or_else(|| "instances".into());
     let limit = q.get("limit").and_then(|v| v.parse().ok()).unwrap_or(100);
     json(run(cp, move |cp| cp.read_logs(&who, &p, &l, &s, &kind, limit)).await)
+}
+
+async fn list_endpoints(State(cp): Cp, Caller(who): Caller, Path((p, r)): Path<(String, String)>) -> Response {
+    json(run(cp, move |cp| cp.list_endpoints(&who, &p, &r)).await)
+}
+
+async fn create_endpoint(
+    State(cp): Cp,
+    Caller(who): Caller,
+    Path((p, r)): Path<(String, String)>,
+    b: Bytes,
+) -> Response {
+    json(
+        async {
+            let e = body(&b)?;
+            run(cp, move |cp| cp.create_endpoint(&who, &p, &r, e)).await
+        }
+        .await,
+    )
+}
+
+async fn get_endpoint(State(cp): Cp, Caller(who): Caller, Path((p, r, e)): Path<(String, String, String)>) -> Response {
+    json(run(cp, move |cp| cp.get_endpoint(&who, &p, &r, &e)).await)
+}
+
+async fn delete_endpoint(
+    State(cp): Cp,
+    Caller(who): Caller,
+    Path((p, r, e)): Path<(String, String, String)>,
+) -> Response {
+    json(run(cp, move |cp| cp.delete_endpoint(&who, &p, &r, &e)).await)
 }
 
 // ---- credentials ----------------------------------------------------------------------------

@@ -398,6 +398,7 @@ pub enum ComputeCmd {
 }
 
 #[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant, reason = "parsed once per process")]
 pub enum NetworksCmd {
     /// Create a VPC network (custom subnet mode).
     #[command(after_help = "Example:\n  runnel compute networks create vpc")]
@@ -423,6 +424,39 @@ pub enum NetworksCmd {
     /// Serverless VPC Access.
     #[command(subcommand, name = "vpc-access")]
     VpcAccess(VpcAccessCmd),
+    /// Internal endpoints: private hosts (a database, a cache) that services reach through the VPC.
+    #[command(subcommand)]
+    Endpoints(EndpointsCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EndpointsCmd {
+    /// Place a name and an internal address in a subnet, and say where the service really listens.
+    #[command(
+        after_help = "Example:\n  runnel compute networks endpoints create db --network=vpc --subnet=sub --address=10.0.0.5:5432 --target=127.0.0.1:5432\n\nInside instances with VPC access it answers at 10.0.0.5:5432 and at db.vpc.internal:5432."
+    )]
+    Create {
+        name: String,
+        #[arg(long)]
+        network: Option<String>,
+        #[arg(long)]
+        subnet: String,
+        /// IP:PORT inside the subnet's range.
+        #[arg(long)]
+        address: String,
+        /// IP:PORT where the service really listens on this machine.
+        #[arg(long)]
+        target: String,
+        #[arg(long)]
+        description: Option<String>,
+    },
+    List,
+    Describe {
+        name: String,
+    },
+    Delete {
+        name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

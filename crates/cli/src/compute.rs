@@ -3,7 +3,7 @@
 use anyhow::{Result, bail};
 use serde_json::{Map, Value, json};
 
-use crate::cli::{ComputeCmd, ConnectorsCmd, NetworksCmd, SubnetsCmd, VpcAccessCmd};
+use crate::cli::{ComputeCmd, ConnectorsCmd, EndpointsCmd, NetworksCmd, SubnetsCmd, VpcAccessCmd};
 use crate::client::Client;
 use crate::output::{Column, Format, last, print_list, print_value, s};
 
@@ -89,6 +89,42 @@ pub async fn compute(client: &Client, format: Format, cmd: ComputeCmd) -> Result
             client.delete(&format!("{subnets}/{name}")).await?;
             eprintln!("Deleted [{subnets}/{name}].");
             Ok(())
+        }
+        NetworksCmd::Endpoints(cmd) => {
+            let endpoints = format!("/compute/v1/projects/{p}/regions/{region}/endpoints");
+            match cmd {
+                EndpointsCmd::Create { name, network, subnet, address, target, description } => {
+                    let body = json!({
+                        "name": name, "network": network.unwrap_or_default(), "subnetwork": subnet,
+                        "address": address, "target": target, "description": description.unwrap_or_default(),
+                    });
+                    client.post(&endpoints, &body).await?;
+                    eprintln!("Created [{endpoints}/{name}].");
+                    Ok(())
+                }
+                EndpointsCmd::List => {
+                    let v = client.get(&format!("/compute/v1/projects/{p}/regions/-/endpoints")).await?;
+                    let items = v["items"].as_array().cloned().unwrap_or_default();
+                    let columns = vec![
+                        Column { header: "NAME", cell: |v| s(&v["name"]) },
+                        Column { header: "REGION", cell: |v| last(&v["region"]) },
+                        Column { header: "NETWORK", cell: |v| last(&v["network"]) },
+                        Column { header: "SUBNET", cell: |v| last(&v["subnetwork"]) },
+                        Column { header: "ADDRESS", cell: |v| s(&v["address"]) },
+                        Column { header: "HOSTNAME", cell: |v| s(&v["hostname"]) },
+                        Column { header: "TARGET", cell: |v| s(&v["target"]) },
+                    ];
+                    print_list(format, &items, &columns)
+                }
+                EndpointsCmd::Describe { name } => {
+                    print_value(format, &client.get(&format!("{endpoints}/{name}")).await?)
+                }
+                EndpointsCmd::Delete { name } => {
+                    client.delete(&format!("{endpoints}/{name}")).await?;
+                    eprintln!("Deleted [{endpoints}/{name}].");
+                    Ok(())
+                }
+            }
         }
         NetworksCmd::VpcAccess(VpcAccessCmd::Connectors(cmd)) => match cmd {
             ConnectorsCmd::Create { name, network, range, subnet, min_instances, max_instances, machine_type } => {

@@ -226,6 +226,79 @@ impl Connector {
     }
 }
 
+/// An internal endpoint: a name and an address inside a subnet of a VPC network, and where the
+/// service behind it really listens. It is how a service reaches a database or another private
+/// host through its connector, as Cloud Run users reach Cloud SQL or Memorystore by private IP.
+/// Inside instances it answers to its address and to `NAME.NETWORK.internal`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Endpoint {
+    #[serde(default = "kind_endpoint")]
+    pub kind: String,
+    #[serde(default)]
+    pub id: String,
+    #[serde(default)]
+    pub creation_timestamp: String,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+    /// The network's self link, or its name on input.
+    #[serde(default)]
+    pub network: String,
+    /// The subnet's self link, or its name on input.
+    #[serde(default)]
+    pub subnetwork: String,
+    /// `IP:PORT` inside the subnet's range, as callers in the VPC address it.
+    #[serde(default)]
+    pub address: String,
+    /// `IP:PORT` where the service really listens, reached by the daemon on the host.
+    #[serde(default)]
+    pub target: String,
+    /// `NAME.NETWORK.internal`, the name callers may use instead of the address.
+    #[serde(default)]
+    pub hostname: String,
+    #[serde(default)]
+    pub region: String,
+    #[serde(default)]
+    pub self_link: String,
+}
+
+fn kind_endpoint() -> String {
+    "runnel#endpoint".into()
+}
+
+impl Endpoint {
+    /// Checks the endpoint against its subnet's range; returns the address and target.
+    pub fn validate(&self, subnet_range: &Ipv4Net) -> Result<(std::net::SocketAddrV4, std::net::SocketAddr), Invalid> {
+        names::compute("endpoint", &self.name)?;
+        let address: std::net::SocketAddrV4 = self.address.parse().map_err(|_| {
+            Invalid::new("address", format!("`{}` is not IP:PORT, such as `10.0.0.5:5432`", self.address))
+        })?;
+        if !subnet_range.contains(address.ip()) {
+            return Err(Invalid::new(
+                "address",
+                format!("`{}` is not inside the subnet's range `{subnet_range}`; pick an address in it", address.ip()),
+            ));
+        }
+        if *address.ip() == subnet_range.network() || *address.ip() == subnet_range.broadcast() {
+            return Err(Invalid::new(
+                "address",
+                format!("`{}` is the network or broadcast address of `{subnet_range}`; pick another", address.ip()),
+            ));
+        }
+        if address.port() == 0 {
+            return Err(Invalid::new("address", "the port must not be 0"));
+        }
+        let target: std::net::SocketAddr = self.target.parse().map_err(|_| {
+            Invalid::new("target", format!("`{}` is not IP:PORT, such as `127.0.0.1:5432`", self.target))
+        })?;
+        if target.port() == 0 || target.ip().is_unspecified() {
+            return Err(Invalid::new("target", format!("`{}` is not an address a service can listen on", self.target)));
+        }
+        Ok((address, target))
+    }
+}
+
 /// A subnet a connector is placed on must be a /28.
 pub fn check_connector_subnet(subnet: &Subnetwork) -> Result<(), Invalid> {
     let range = ranges::parse_cidr("subnet", &subnet.ip_cidr_range)?;

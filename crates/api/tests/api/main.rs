@@ -7,6 +7,7 @@
 
 mod accounts;
 mod authn;
+mod endpoints;
 mod errors;
 mod harness;
 mod iam;
