@@ -59,8 +59,13 @@ pub enum Event {
 /// them knowing exactly which instance and revision is on the other end, until the returned
 /// guard is dropped.
 pub trait ChannelProvider: Send + Sync + 'static {
-    fn open(&self, key: &RevisionKey, instance: &str, channel_dir: &std::path::Path, uid: Option<u32>)
-    -> std::io::Result<Box<dyn Send + Sync>>;
+    fn open(
+        &self,
+        key: &RevisionKey,
+        instance: &str,
+        channel_dir: &std::path::Path,
+        uid: Option<u32>,
+    ) -> std::io::Result<Box<dyn Send + Sync>>;
 }
 
 /// What every pool of the daemon shares.
@@ -408,9 +413,11 @@ async fn supervise(pool: Arc<Pool>, instance: Arc<Instance>) {
         let mut channels: Option<Box<dyn Send + Sync>> = None;
         let spawned = match prepare_dir(&instance) {
             Ok(()) => match &pool.host.channels {
-                Some(provider) => provider.open(&key, &instance.id, &instance.channel_dir(), instance.host_uid).map(|g| {
-                    channels = Some(g);
-                }),
+                Some(provider) => {
+                    provider.open(&key, &instance.id, &instance.channel_dir(), instance.host_uid).map(|g| {
+                        channels = Some(g);
+                    })
+                }
                 None => Ok(()),
             },
             Err(e) => Err(e),
