@@ -36,7 +36,7 @@ pub enum Reason {
     EgressNoVpcAccessPrivateDestination,
     /// The private destination is in a VPC network the caller is not attached to.
     EgressOtherNetwork,
-    /// The destination is loopback, link-local, unspecified, or one of runnel's own listeners.
+    /// The destination is loopback, link-local, unspecified, reserved, multicast, a NAT64 form that hides its target, or one of runnel's own listeners.
     EgressForbiddenDestination,
     /// The destination name is neither a service URL nor a name registered in a VPC network, and runnel does not resolve other names.
     EgressUnresolvable,
