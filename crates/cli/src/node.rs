@@ -205,16 +205,16 @@ impl Node {
             let Some(serving) = &d.serving else { continue };
             let Some(l) = launch(&d.region, &name, serving, self.startup_deadline) else { continue };
             let Some(pool) = pools.get(&l.key) else { continue };
-            if d.service.default_uri_disabled {
-                continue;
-            }
             let route = Route {
+                project: self.cp.project().project_id.clone(),
                 project_number: self.cp.project().project_number.clone(),
                 region: d.region.clone(),
                 service: name.clone(),
                 revision: l.key.revision.clone(),
                 timeout: l.timeout,
                 backend: Arc::new(PoolBackend(pool.clone())),
+                ingress: d.service.ingress,
+                default_uri_disabled: d.service.default_uri_disabled,
             };
             table.insert(self.cp.service_host(&d.region, &name), Arc::new(route));
         }

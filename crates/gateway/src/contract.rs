@@ -9,6 +9,9 @@ use std::time::Duration;
 
 /// Where requests for one service go, as decided by the daemon from the store.
 pub struct Route {
+    /// The project id that owns the service: an internal-only service admits VPC origins of
+    /// this project only.
+    pub project: String,
     pub project_number: String,
     pub region: String,
     pub service: String,
@@ -17,6 +20,10 @@ pub struct Route {
     /// The revision's request timeout; a request still running after it gets 504.
     pub timeout: Duration,
     pub backend: Arc<dyn Backend>,
+    /// The service's ingress setting, checked before any instance is involved.
+    pub ingress: runnel_model::service::Ingress,
+    /// `--no-default-url`: the URL answers 404 to everyone.
+    pub default_uri_disabled: bool,
 }
 
 /// Finds the route for a request's host. The host is already normalised: lowercase, without

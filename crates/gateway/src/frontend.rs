@@ -32,6 +32,9 @@ use crate::body::{ClientBodyError, RequestBody, ResponseBody};
 use crate::contract::{RequestLog, Router, Unavailable};
 use crate::headers::{self, Peer, X_RUNNEL_REQUEST_ID};
 use crate::host::{self, MAX_HOST};
+use runnel_policy::ingress;
+use runnel_policy::origin::Origin;
+
 use crate::io::ClientIo;
 use crate::pages::{self, Page};
 use crate::record::{Exchange, RequestId};
@@ -194,6 +197,23 @@ impl Frontend {
         let Some(route) = route else {
             return page_response(pages::NOT_FOUND, &id_header, None);
         };
+        // Everything that arrives on this listener comes from the internet, whatever it says
+        // about itself. Ingress decides before any instance is involved; a refusal is a bare
+        // 404, as on Cloud Run, and is not in the service's request log.
+        let origin = Origin::internet();
+        let ingress = ingress::check(route.ingress, route.default_uri_disabled, &route.project, &origin);
+        if !ingress.allowed {
+            tracing::info!(
+                request_id = id.as_str(),
+                service = route.service.as_str(),
+                region = route.region.as_str(),
+                origin = %origin,
+                reason = %ingress.reason,
+                trace = ?ingress.trace,
+                "request refused"
+            );
+            return page_response(pages::NOT_FOUND, &id_header, None);
+        }
 
         let deadline = tokio::time::Instant::from_std(started + route.timeout.min(FAR_FUTURE));
         let mut exchange =

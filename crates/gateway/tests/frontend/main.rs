@@ -15,7 +15,8 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use runnel_gateway::FrontendConfig;
+use runnel_gateway::{FrontendConfig, Route};
+use runnel_model::service::Ingress;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -560,4 +561,63 @@ async fn asterisk_form_options_reaches_the_instance() {
     assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
     let seen = s.instance.last_seen();
     assert_eq!((seen.method.as_str(), seen.uri.as_str()), ("OPTIONS", "*"));
+}
+
+/// A route for `svc` with the given ingress settings, on a fresh frontend.
+async fn setup_ingress(ingress: Ingress, default_uri_disabled: bool) -> (Harness, Arc<FakeBackend>, Instance) {
+    let instance = instance(hello());
+    let backend = FakeBackend::new("svc-00001-abc-x1", instance.dir());
+    let base = route("svc", backend.clone(), TIMEOUT);
+    let r = Arc::new(Route {
+        project: base.project.clone(),
+        project_number: base.project_number.clone(),
+        region: base.region.clone(),
+        service: base.service.clone(),
+        revision: base.revision.clone(),
+        timeout: base.timeout,
+        backend: backend.clone(),
+        ingress,
+        default_uri_disabled,
+    });
+    (Harness::start(vec![(HOST, r)], test_config()).await, backend, instance)
+}
+
+#[tokio::test]
+async fn internal_ingress_refuses_everything_arriving_on_the_frontend_whatever_it_claims() {
+    for ingress in [Ingress::InternalOnly, Ingress::InternalLoadBalancer] {
+        let (harness, backend, _instance) = setup_ingress(ingress, false).await;
+        // Headers that claim an internal or trusted origin change nothing.
+        let spoofs = [
+            ("x-forwarded-for", "10.8.0.2"),
+            ("forwarded", "for=10.8.0.2;proto=https"),
+            ("x-real-ip", "10.8.0.2"),
+            ("via", "1.1 vpc-connector"),
+            ("x-runnel-origin", "vpc"),
+            ("x-serverless-authorization", "Bearer x"),
+        ];
+        for (name, value) in spoofs {
+            let req = Request::get("/").header("host", HOST).header(name, value).body(empty()).unwrap();
+            let (parts, body) = harness.send(req).await;
+            assert_eq!(parts.status, StatusCode::NOT_FOUND, "{ingress:?} with {name}");
+            let body = String::from_utf8(body.to_vec()).unwrap();
+            assert!(body.contains("404 Page not found"), "{body}");
+            assert!(parts.headers.contains_key("x-runnel-request-id"), "the refusal carries a request id");
+        }
+        // Refused before any instance is involved, and not in the service's request log.
+        assert_eq!(backend.acquired.load(Ordering::SeqCst), 0, "{ingress:?}");
+        assert!(harness.log.records().is_empty(), "{ingress:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_disabled_default_url_answers_404_and_ingress_all_admits() {
+    let (harness, backend, _instance) = setup_ingress(Ingress::All, true).await;
+    let (parts, _) = harness.get(HOST, "/").await;
+    assert_eq!(parts.status, StatusCode::NOT_FOUND);
+    assert_eq!(backend.acquired.load(Ordering::SeqCst), 0);
+
+    let (harness, backend, _instance) = setup_ingress(Ingress::All, false).await;
+    let (parts, _) = harness.get(HOST, "/").await;
+    assert_eq!(parts.status, StatusCode::OK);
+    assert_eq!(backend.acquired.load(Ordering::SeqCst), 1);
 }

@@ -289,12 +289,15 @@ impl RecordingLog {
 
 pub fn route(service: &str, backend: Arc<FakeBackend>, timeout: Duration) -> Arc<Route> {
     Arc::new(Route {
+        project: "test-project".into(),
         project_number: "123456789012".into(),
         region: "europe-west1".into(),
         service: service.into(),
         revision: format!("{service}-00001-abc"),
         timeout,
         backend,
+        ingress: runnel_model::service::Ingress::All,
+        default_uri_disabled: false,
     })
 }
 
