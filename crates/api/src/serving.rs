@@ -177,3 +177,48 @@ impl ControlPlane {
         Ok(json!({ "entries": entries }))
     }
 }
+
+impl ControlPlane {
+    /// What the egress path needs to know about a calling revision: who it is and how it
+    /// reaches its VPC network (`None` without VPC access), from the resources as they are now.
+    pub fn egress_context(
+        &self,
+        region: &str,
+        service: &str,
+        revision: &str,
+    ) -> ApiResult<(runnel_policy::origin::Caller, Option<runnel_policy::egress::VpcPath>)> {
+        use runnel_model::network::{Connector, Subnetwork};
+        use runnel_policy::egress::{Attachment, VpcPath};
+        let caller = runnel_policy::origin::Caller::new(service, revision, region);
+        self.read(|r| {
+            let rev: Revision = get(r, &revision_key(region, service, revision))?
+                .ok_or_else(|| ApiError::not_found(format!("revision `{revision}` does not exist")))?;
+            let Some(access) = rev.vpc_access.as_ref() else { return Ok((caller, None)) };
+            let subnet_of = |name: &str| -> ApiResult<Option<Subnetwork>> {
+                get(r, &crate::networks::subnet_key(region, short(name)))
+            };
+            let path = if !access.connector.is_empty() {
+                let parts: Vec<&str> = access.connector.split('/').collect();
+                let (conn_region, id) = match parts.as_slice() {
+                    ["projects", _, "locations", l, "connectors", c] => (*l, *c),
+                    _ => (region, access.connector.as_str()),
+                };
+                let Some(connector) = get::<Connector>(r, &crate::networks::connector_key(conn_region, id))? else {
+                    return Ok((caller, None));
+                };
+                let subnet = match &connector.subnet {
+                    Some(cs) => subnet_of(&cs.name)?,
+                    None => None,
+                };
+                VpcPath::from_model(access, Attachment::Connector { connector: &connector, subnet: subnet.as_ref() })
+            } else if let Some(ni) = access.network_interfaces.first() {
+                let Some(subnet) = subnet_of(&ni.subnetwork)? else { return Ok((caller, None)) };
+                VpcPath::from_model(access, Attachment::Direct { subnet: &subnet })
+            } else {
+                return Ok((caller, None));
+            };
+            // A revision whose attachment no longer fits its resources has no way into the VPC.
+            Ok((caller, path.ok()))
+        })
+    }
+}

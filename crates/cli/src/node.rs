@@ -227,3 +227,142 @@ impl Node {
         *services = now_services;
     }
 }
+
+/// The daemon's ends of every instance's outbound channels. Today: the egress proxy. Each
+/// instance gets its own socket, so whatever arrives on it is that instance's request.
+pub struct NodeChannels {
+    pub cp: Arc<ControlPlane>,
+    pub frontend: Arc<runnel_gateway::Frontend>,
+    pub routes: Arc<Routes>,
+    /// runnel's own listener addresses: never a destination.
+    pub own_listeners: Vec<std::net::IpAddr>,
+}
+
+/// One instance's egress decisions.
+struct InstancePlanner {
+    cp: Arc<ControlPlane>,
+    routes: Arc<Routes>,
+    own_listeners: Vec<std::net::IpAddr>,
+    key: RevisionKey,
+    instance: String,
+}
+
+impl InstancePlanner {
+    /// What the destination is, after resolution: runnel resolves names itself, so instances
+    /// need no DNS and a name can never be made to point at something it should not.
+    fn classify(&self, host: &str, port: u16) -> (runnel_policy::egress::Destination, Option<std::net::SocketAddr>) {
+        use runnel_policy::egress::Destination;
+        if self.routes.route(host).is_some() {
+            return (Destination::ServiceUrl { host: host.to_string() }, None);
+        }
+        let endpoints = self.cp.endpoints().unwrap_or_default();
+        let ip: Option<std::net::IpAddr> = host.parse().ok();
+        for e in &endpoints {
+            let Ok(address) = e.address.parse::<std::net::SocketAddr>() else { continue };
+            let named = e.hostname == host;
+            let addressed = ip.is_some_and(|ip| ip.to_canonical() == address.ip());
+            if (named || addressed) && address.port() == port {
+                let target = e.target.parse().ok();
+                return (Destination::VpcEndpoint { network: e.network.clone(), address: address.ip() }, target);
+            }
+        }
+        match ip {
+            Some(ip) => (Destination::Ip(ip), Some(std::net::SocketAddr::new(ip, port))),
+            None => (Destination::Unresolvable(host.to_string()), None),
+        }
+    }
+}
+
+impl runnel_gateway::EgressPlanner for InstancePlanner {
+    fn plan(&self, host: &str, port: u16) -> runnel_gateway::Plan {
+        use runnel_gateway::Plan;
+        use runnel_policy::egress::{self, Destination};
+        let (caller, vpc) = match self.cp.egress_context(&self.key.region, &self.key.service, &self.key.revision) {
+            Ok(c) => c,
+            Err(e) => {
+                return Plan::Refuse {
+                    reason: runnel_policy::Reason::EgressUnresolvable,
+                    message: format!("the calling revision is gone: {}", e.message),
+                };
+            }
+        };
+        let (dest, target) = self.classify(host, port);
+        let route = egress::route(&caller, vpc.as_ref(), &dest, &self.own_listeners);
+        let reason = route.reason();
+        let (decision, origin) = route.into_parts();
+        let Some(origin) = origin else {
+            let message = decision.trace.last().cloned().unwrap_or_default();
+            return Plan::Refuse { reason, message };
+        };
+        match dest {
+            Destination::ServiceUrl { .. } => {
+                // What the receiver sees in X-Forwarded-For: for a VPC call, an address of the
+                // connector's network, as on Cloud Run; otherwise this machine's loopback.
+                let client_ip = if origin.is_vpc() {
+                    std::net::IpAddr::from([10, 8, 0, 2])
+                } else {
+                    std::net::IpAddr::from([127, 0, 0, 1])
+                };
+                Plan::Service { origin, client_ip }
+            }
+            _ => match target {
+                Some(addr) => Plan::Connect { addr },
+                None => Plan::Refuse {
+                    reason: runnel_policy::Reason::EgressUnresolvable,
+                    message: format!(
+                        "nothing listens at {host}:{port}; create an endpoint with `runnel compute networks endpoints create`"
+                    ),
+                },
+            },
+        }
+    }
+
+    fn refused(&self, request_id: &str, host: &str, port: u16, reason: runnel_policy::Reason) {
+        tracing::info!(
+            request_id,
+            caller_service = self.key.service.as_str(),
+            caller_revision = self.key.revision.as_str(),
+            caller_instance = self.instance.as_str(),
+            target = %format!("{host}:{port}"),
+            %reason,
+            "egress refused"
+        );
+    }
+}
+
+impl runnel_runtime::pool::ChannelProvider for NodeChannels {
+    fn open(
+        &self,
+        key: &RevisionKey,
+        instance: &str,
+        channel_dir: &std::path::Path,
+        uid: Option<u32>,
+    ) -> std::io::Result<Box<dyn Send + Sync>> {
+        use std::os::unix::fs::PermissionsExt;
+        let path = channel_dir.join(runnel_runtime::sandbox::Channels::EGRESS);
+        let _ = std::fs::remove_file(&path);
+        let listener = tokio::net::UnixListener::bind(&path)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+        if let Some(uid) = uid {
+            std::os::unix::fs::chown(&path, Some(uid), Some(uid))?;
+        }
+        let planner = Arc::new(InstancePlanner {
+            cp: self.cp.clone(),
+            routes: self.routes.clone(),
+            own_listeners: self.own_listeners.clone(),
+            key: key.clone(),
+            instance: instance.to_string(),
+        });
+        let task = tokio::spawn(self.frontend.clone().serve_egress(listener, planner));
+        Ok(Box::new(AbortOnDrop(task)))
+    }
+}
+
+/// Stops a channel's server when the instance's run ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

@@ -19,7 +19,7 @@ use runnel_store::RedbStore;
 
 use crate::cli::{IsolationFlag, Role, Up};
 use crate::home::{self, DaemonInfo};
-use crate::node::{Logs, Node, Routes};
+use crate::node::{Logs, Node, NodeChannels, Routes};
 
 /// Binds a listener, or says which port is taken and which flag moves it.
 async fn bind(addr: &str, flag: &str) -> Result<tokio::net::TcpListener> {
@@ -133,6 +133,18 @@ pub async fn up(home_dir: &Path, args: Up) -> Result<()> {
             IsolationFlag::Sandbox => Isolation::Sandbox,
             IsolationFlag::None => Isolation::None,
         };
+        let routes = Arc::new(Routes::default());
+        let front = Arc::new(Frontend::new(routes.clone(), sink.clone(), FrontendConfig::default()));
+        // Without a sandbox there is no egress channel to serve: instances use the host's network.
+        let channels: Option<Arc<dyn runnel_runtime::pool::ChannelProvider>> = match isolation {
+            Isolation::Sandbox => Some(Arc::new(NodeChannels {
+                cp: cp.clone(),
+                frontend: front.clone(),
+                routes: routes.clone(),
+                own_listeners: vec![api_addr.ip(), listener.local_addr()?.ip()],
+            })),
+            Isolation::None => None,
+        };
         let host = Arc::new(Host {
             exe,
             instances_dir,
@@ -140,9 +152,8 @@ pub async fn up(home_dir: &Path, args: Up) -> Result<()> {
             output: sink.clone(),
             events: events_tx,
             isolation,
-            channels: None,
+            channels,
         });
-        let routes = Arc::new(Routes::default());
         let node = Node {
             cp: cp.clone(),
             host,
@@ -151,7 +162,6 @@ pub async fn up(home_dir: &Path, args: Up) -> Result<()> {
             logs: logs.clone(),
         };
         node_task = Some(tokio::spawn(node.run(events_rx, stop_rx.clone())));
-        let front = Arc::new(Frontend::new(routes, sink.clone(), FrontendConfig::default()));
         let mut stop = stop_rx.clone();
         let wait = async move {
             let _ = stop.wait_for(|s| *s).await;

@@ -59,6 +59,16 @@ impl ResponseBody {
         }
     }
 
+    /// A body of text made at request time (an egress refusal that explains itself).
+    pub(crate) fn text(body: String) -> ResponseBody {
+        ResponseBody { kind: Kind::Page(Some(Bytes::from(body))), deadline: None, timer: None, sent: 0, exchange: None }
+    }
+
+    /// A body passed through untouched (an internal endpoint's answer through the egress proxy).
+    pub(crate) fn passthrough(body: Incoming) -> ResponseBody {
+        ResponseBody { kind: Kind::Upstream(body), deadline: None, timer: None, sent: 0, exchange: None }
+    }
+
     pub(crate) fn upstream(body: Incoming, deadline: Instant, exchange: Exchange) -> ResponseBody {
         ResponseBody {
             kind: Kind::Upstream(body),

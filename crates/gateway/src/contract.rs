@@ -91,3 +91,24 @@ pub struct HttpRequest {
 pub trait RequestLog: Send + Sync + 'static {
     fn record(&self, record: RequestRecord);
 }
+
+/// Where an instance's outbound request goes, as decided by the daemon from the calling
+/// revision's VPC settings and the destination (see `runnel_policy::egress::route`).
+pub enum Plan {
+    /// Another service: handled by the frontend in-process, with this origin. `client_ip` is
+    /// what the receiver sees in `X-Forwarded-For` (an address of the connector's range for a
+    /// VPC origin).
+    Service { origin: runnel_policy::origin::Origin, client_ip: std::net::IpAddr },
+    /// An internal endpoint's target, or a public address: connect there.
+    Connect { addr: std::net::SocketAddr },
+    /// Refused, with the reason and a sentence with the fix.
+    Refuse { reason: runnel_policy::Reason, message: String },
+}
+
+/// Decides, for one instance, where each outbound request goes.
+pub trait EgressPlanner: Send + Sync + 'static {
+    /// `host` is the authority's host as the instance wrote it (lowercased, no port).
+    fn plan(&self, host: &str, port: u16) -> Plan;
+    /// Records a refused request (the refusal log), without secrets.
+    fn refused(&self, request_id: &str, host: &str, port: u16, reason: runnel_policy::Reason);
+}

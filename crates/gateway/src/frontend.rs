@@ -156,7 +156,7 @@ impl Frontend {
         let service = service_fn(move |req| {
             let frontend = frontend.clone();
             let peer = peer.clone();
-            async move { Ok::<_, Infallible>(frontend.handle(req, &peer).await) }
+            async move { Ok::<_, Infallible>(frontend.handle(req, &peer, &Origin::internet()).await) }
         });
         let mut connection = pin!(self.http.serve_connection(io, service).with_upgrades());
         let result = tokio::select! {
@@ -171,7 +171,14 @@ impl Frontend {
         }
     }
 
-    async fn handle(&self, mut req: Request<Incoming>, peer: &Peer) -> Response<ResponseBody> {
+    /// Handles one request for a service. `origin` is where it came from: the internet for the
+    /// frontend's listener, or what the egress path decided for a call from an instance.
+    pub(crate) async fn handle(
+        &self,
+        mut req: Request<Incoming>,
+        peer: &Peer,
+        origin: &Origin,
+    ) -> Response<ResponseBody> {
         let started = Instant::now();
         let id = RequestId::random();
         let id_header = id.header_value();
@@ -197,17 +204,16 @@ impl Frontend {
         let Some(route) = route else {
             return page_response(pages::NOT_FOUND, &id_header, None);
         };
-        // Everything that arrives on this listener comes from the internet, whatever it says
-        // about itself. Ingress decides before any instance is involved; a refusal is a bare
-        // 404, as on Cloud Run, and is not in the service's request log.
-        let origin = Origin::internet();
-        let ingress = ingress::check(route.ingress, route.default_uri_disabled, &route.project, &origin);
+        // Ingress decides before any instance is involved; a refusal is a bare 404, as on Cloud
+        // Run, and is not in the service's request log.
+        let ingress = ingress::check(route.ingress, route.default_uri_disabled, &route.project, origin);
         if !ingress.allowed {
             tracing::info!(
                 request_id = id.as_str(),
                 service = route.service.as_str(),
                 region = route.region.as_str(),
                 origin = %origin,
+                caller = ?origin.caller(),
                 reason = %ingress.reason,
                 trace = ?ingress.trace,
                 "request refused"

@@ -15,6 +15,7 @@
 
 mod body;
 mod contract;
+mod egress;
 mod frontend;
 mod headers;
 mod host;
@@ -24,6 +25,9 @@ mod record;
 mod runtime;
 mod upstream;
 
-pub use contract::{Backend, HttpRequest, Lease, LeaseFuture, RequestLog, RequestRecord, Route, Router, Unavailable};
+pub use contract::{
+    Backend, EgressPlanner, HttpRequest, Lease, LeaseFuture, Plan, RequestLog, RequestRecord, Route, Router,
+    Unavailable,
+};
 pub use frontend::{Frontend, FrontendConfig};
 pub use runtime::{build_runtime, default_workers};

@@ -353,6 +353,27 @@ fn pump<R: tokio::io::AsyncRead + Unpin + Send + 'static>(
     });
 }
 
+/// The egress proxy, announced the way HTTP clients look for it; the metadata server is reached
+/// directly. The revision's own values win (they lead nowhere else: the sandbox has no network).
+fn announce_proxy(env: &mut Vec<(String, String)>) {
+    let proxy = format!("http://{}", sandbox::EGRESS_PROXY);
+    // Not `localhost`: clients match NO_PROXY entries as name suffixes, and service hosts end in
+    // `.run.localhost`.
+    let no_proxy = "127.0.0.1,::1,169.254.169.254,metadata.google.internal,metadata".to_string();
+    for (name, value) in [
+        ("HTTP_PROXY", &proxy),
+        ("HTTPS_PROXY", &proxy),
+        ("http_proxy", &proxy),
+        ("https_proxy", &proxy),
+        ("NO_PROXY", &no_proxy),
+        ("no_proxy", &no_proxy),
+    ] {
+        if !env.iter().any(|(k, _)| k == name) {
+            env.push((name.to_string(), value.clone()));
+        }
+    }
+}
+
 /// Resolves once the pool is told to stop.
 async fn stopped(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await;
@@ -409,6 +430,9 @@ async fn supervise(pool: Arc<Pool>, instance: Arc<Instance>) {
         }
         let mut spec = pool.launch.sandbox_spec(&instance.dir, &pool.host.hide, |k| std::env::var(k).ok());
         spec.host_uid = instance.host_uid;
+        if pool.host.isolation == sandbox::Isolation::Sandbox {
+            announce_proxy(&mut spec.env);
+        }
         // The daemon's ends of the outbound channels live as long as this run of the instance.
         let mut channels: Option<Box<dyn Send + Sync>> = None;
         let spawned = match prepare_dir(&instance) {
