@@ -1,0 +1,317 @@
+//! The guide's private networking, end to end: a real daemon, real instances in sandboxes, and
+//! calls made by an ordinary HTTP client inside the caller (Python's urllib honouring
+//! `HTTP_PROXY`). Every refusal is asserted by status and by the reason the daemon logged for
+//! the request id the response carries.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_runnel");
+
+/// A daemon with its own home; killed (and so its instances) when dropped.
+struct Daemon {
+    child: Child,
+    home: PathBuf,
+    log: PathBuf,
+    apps: PathBuf,
+    frontend: String,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn world_readable(p: &Path) {
+    let _ = Command::new("chmod").arg("-R").arg("a+rX").arg(p).status();
+}
+
+impl Daemon {
+    fn start(name: &str) -> Daemon {
+        let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("net-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let home = root.join("h");
+        let apps = root.join("apps");
+        std::fs::create_dir_all(&apps).unwrap();
+        std::fs::copy(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/networking/caller.py"), apps.join("app.py")).unwrap();
+        // Every path component down to the apps must be traversable by an instance's uid.
+        let mut p = apps.clone();
+        while p.pop() && p.starts_with(env!("CARGO_TARGET_TMPDIR")) {
+            let _ = Command::new("chmod").arg("a+x").arg(&p).status();
+        }
+        let _ = Command::new("chmod").arg("a+x").arg(env!("CARGO_TARGET_TMPDIR")).status();
+        world_readable(&apps);
+        let log = root.join("daemon.log");
+        let child = Command::new(BIN)
+            .args(["up", "--api-address=127.0.0.1:0", "--frontend-address=127.0.0.1:0", "--startup-deadline=20"])
+            .env("RUNNEL_HOME", &home)
+            .env("NO_COLOR", "1")
+            .env("RUNNEL_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(root.join("daemon.out")).unwrap())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let frontend = loop {
+            if let Ok(text) = std::fs::read_to_string(home.join("daemon.json")) {
+                let v: Value = serde_json::from_str(&text).unwrap_or_default();
+                if let Some(f) = v["frontend"].as_str() {
+                    break f.trim_start_matches("http://").to_string();
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the daemon did not start: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        Daemon { child, home, log, apps, frontend }
+    }
+
+    fn cli(&self, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new(BIN)
+            .args(args)
+            .current_dir(&self.apps)
+            .env("RUNNEL_HOME", &self.home)
+            .env_remove("RUNNEL_CREDENTIAL")
+            .output()
+            .unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+    }
+
+    #[track_caller]
+    fn ok(&self, args: &[&str]) -> String {
+        let (ok, out, err) = self.cli(args);
+        assert!(ok, "`runnel {}` failed: {err}", args.join(" "));
+        out
+    }
+
+    /// The service's host (no scheme, no port).
+    fn host(&self, service: &str) -> String {
+        let v: Value =
+            serde_json::from_str(&self.ok(&["run", "services", "describe", service, "--format=json"])).unwrap();
+        v["uri"].as_str().unwrap().trim_start_matches("http://").split(':').next().unwrap().to_string()
+    }
+
+    fn url(&self, service: &str) -> String {
+        let v: Value =
+            serde_json::from_str(&self.ok(&["run", "services", "describe", service, "--format=json"])).unwrap();
+        v["uri"].as_str().unwrap().to_string()
+    }
+
+    /// A request from the host to the frontend: status, request id and body.
+    fn get(&self, host: &str, path: &str) -> (u16, Option<String>, String) {
+        let mut s = TcpStream::connect(&self.frontend).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+        let id = text
+            .lines()
+            .find_map(|l| l.to_ascii_lowercase().strip_prefix("x-runnel-request-id: ").map(|v| v.trim().to_string()));
+        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+        (status, id, body)
+    }
+
+    /// Asks the caller to make a call; returns what its HTTP client saw.
+    fn call_from(&self, caller: &str, query: &str) -> Value {
+        let host = self.host(caller);
+        let (status, _, body) = self.get(&host, &format!("/?{query}"));
+        assert_eq!(status, 200, "the caller itself did not answer: {body}");
+        serde_json::from_str(&body).unwrap_or_else(|_| panic!("not JSON: {body}"))
+    }
+
+    /// The reason the daemon logged for a refused request.
+    #[track_caller]
+    fn reason_for(&self, request_id: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            if let Some(line) = log.lines().find(|l| l.contains(request_id) && l.contains("reason=")) {
+                return line.split("reason=").nth(1).unwrap().split_whitespace().next().unwrap().to_string();
+            }
+            assert!(Instant::now() < deadline, "no refusal logged for request {request_id}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+fn q(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn the_guide_internal_only_receiver_and_the_egress_settings() {
+    let d = Daemon::start("guide");
+    d.ok(&["run", "deploy", "receiver", "--command=python3", "--args=app.py", "--ingress=internal"]);
+    let receiver = d.url("receiver");
+    d.ok(&["run", "deploy", "caller", "--command=python3", "--args=app.py"]);
+
+    // From the host: 404, refused by ingress, and the instance never saw it.
+    let (status, id, body) = d.get(&d.host("receiver"), "/");
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(d.reason_for(&id.unwrap()), "ingress.internal_only.from_internet");
+
+    // From a caller without VPC access: the call leaves directly and is refused the same way.
+    let r = d.call_from("caller", &format!("url={}", q(&receiver)));
+    assert_eq!(r["status"], 404, "{r}");
+    assert_eq!(d.reason_for(r["request_id"].as_str().unwrap()), "ingress.internal_only.from_internet");
+
+    // Through a connector with private-ranges-only: a service URL is a public name, so it still
+    // leaves directly; the refusal names the caller's egress setting.
+    d.ok(&["compute", "networks", "create", "vpc"]);
+    d.ok(&[
+        "compute",
+        "networks",
+        "vpc-access",
+        "connectors",
+        "create",
+        "conn",
+        "--network=vpc",
+        "--range=10.8.0.0/28",
+    ]);
+    d.ok(&["run", "deploy", "caller", "--vpc-connector=conn", "--vpc-egress=private-ranges-only"]);
+    let r = d.call_from("caller", &format!("url={}", q(&receiver)));
+    assert_eq!(r["status"], 404, "{r}");
+    assert_eq!(d.reason_for(r["request_id"].as_str().unwrap()), "egress.private_ranges_only.service_url_left_directly");
+
+    // With all-traffic the call goes through the VPC and is internal: it reaches the receiver,
+    // which sees an address of the connector's network.
+    d.ok(&["run", "deploy", "caller", "--vpc-egress=all-traffic"]);
+    let r = d.call_from("caller", &format!("url={}", q(&receiver)));
+    assert_eq!(r["status"], 200, "{r}");
+    let seen: Value = serde_json::from_str(r["body"].as_str().unwrap()).unwrap();
+    assert_eq!(seen["service"], "receiver");
+    assert_eq!(seen["xff"], "10.8.0.2");
+
+    // The same receiver from the host is still refused; with ingress all it is reachable.
+    assert_eq!(d.get(&d.host("receiver"), "/").0, 404);
+    d.ok(&["run", "services", "update", "receiver", "--ingress=all"]);
+    assert_eq!(d.get(&d.host("receiver"), "/").0, 200);
+
+    // --no-default-url: 404 for everyone, the caller included.
+    d.ok(&["run", "services", "update", "receiver", "--no-default-url"]);
+    let (status, id, _) = d.get(&d.host("receiver"), "/");
+    assert_eq!(status, 404);
+    assert_eq!(d.reason_for(&id.unwrap()), "ingress.default_url_disabled");
+    let r = d.call_from("caller", &format!("url={}", q(&receiver)));
+    assert_eq!(r["status"], 404, "{r}");
+    assert_eq!(d.reason_for(r["request_id"].as_str().unwrap()), "ingress.default_url_disabled");
+}
+
+#[test]
+fn a_private_endpoint_is_reachable_only_through_the_vpc() {
+    let d = Daemon::start("endpoint");
+    // The "database": a plain HTTP server on the host's loopback, never reachable directly.
+    let db = TcpListener::bind("127.0.0.1:0").unwrap();
+    let db_addr = db.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for mut conn in db.incoming().flatten() {
+            let mut buf = [0u8; 4096];
+            let _ = conn.read(&mut buf);
+            let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\ndb ok");
+        }
+    });
+    d.ok(&["compute", "networks", "create", "vpc"]);
+    d.ok(&["compute", "networks", "subnets", "create", "sub", "--network=vpc", "--range=10.0.0.0/24"]);
+    d.ok(&[
+        "compute",
+        "networks",
+        "endpoints",
+        "create",
+        "db",
+        "--subnet=sub",
+        "--address=10.0.0.5:5432",
+        &format!("--target={db_addr}"),
+    ]);
+    d.ok(&[
+        "compute",
+        "networks",
+        "vpc-access",
+        "connectors",
+        "create",
+        "conn",
+        "--network=vpc",
+        "--range=10.8.0.0/28",
+    ]);
+    d.ok(&["run", "deploy", "caller", "--command=python3", "--args=app.py"]);
+
+    // Without VPC access the proxy refuses a private destination, naming why.
+    let r = d.call_from("caller", &format!("url={}", q("http://10.0.0.5:5432/")));
+    assert_eq!(r["status"], 403, "{r}");
+    assert!(r["body"].as_str().unwrap().contains("egress.no_vpc_access.private_destination"), "{r}");
+
+    // With the connector (either egress setting) it is reached, by address and by name.
+    d.ok(&["run", "deploy", "caller", "--vpc-connector=conn", "--vpc-egress=private-ranges-only"]);
+    let r = d.call_from("caller", &format!("url={}", q("http://10.0.0.5:5432/")));
+    assert_eq!((r["status"].as_u64(), r["body"].as_str()), (Some(200), Some("db ok")), "{r}");
+}
+
+#[test]
+fn an_instance_cannot_use_the_proxy_to_reach_runnel_or_other_hosts() {
+    let d = Daemon::start("attacks");
+    d.ok(&["run", "deploy", "receiver", "--command=python3", "--args=app.py"]);
+    d.ok(&["run", "deploy", "other", "--command=python3", "--args=app.py"]);
+    d.ok(&["run", "deploy", "caller", "--command=python3", "--args=app.py"]);
+    let api = std::fs::read_to_string(d.home.join("daemon.json")).unwrap();
+    let api: Value = serde_json::from_str(&api).unwrap();
+    let api_port = api["api"].as_str().unwrap().rsplit(':').next().unwrap().to_string();
+    let frontend_port = d.frontend.rsplit(':').next().unwrap().to_string();
+
+    for url in [
+        format!("http://127.0.0.1:{api_port}/healthz"),
+        format!("http://127.0.0.1:{frontend_port}/"),
+        format!("http://[::ffff:127.0.0.1]:{api_port}/healthz"),
+        "http://169.254.169.254/computeMetadata/v1/".to_string(),
+        format!("http://0.0.0.0:{api_port}/"),
+    ] {
+        // Through the proxy: refused by name.
+        let r = d.call_from("caller", &format!("proxy=1&url={}", q(&url)));
+        assert_eq!(r["status"], 403, "{url}: {r}");
+        assert!(r["body"].as_str().unwrap().contains("egress.forbidden_destination"), "{url}: {r}");
+        // Directly: the sandbox's loopback has nothing of runnel's on it.
+        let r = d.call_from("caller", &format!("url={}", q(&url)));
+        assert_ne!(r["status"], 200, "{url} reached directly: {r}");
+    }
+    // A name runnel does not know resolves to nothing.
+    let r = d.call_from("caller", &format!("url={}", q("http://localhost:1/")));
+    assert_eq!(r["status"], 403, "{r}");
+    assert!(r["body"].as_str().unwrap().contains("egress.unresolvable"), "{r}");
+
+    // A CONNECT tunnel opened to one service cannot be used to reach another.
+    let receiver = d.host("receiver");
+    let other = d.host("other");
+    let r = d.call_from("caller", &format!("tunnel={}&inner={}", q(&format!("{receiver}:80")), q(&receiver)));
+    assert_eq!(r["connect"], "HTTP/1.1 200 OK", "{r}");
+    assert_eq!(r["inner"].as_str().unwrap().split(' ').nth(1), Some("200"), "{r}");
+    let r = d.call_from("caller", &format!("tunnel={}&inner={}", q(&format!("{receiver}:80")), q(&other)));
+    assert_eq!(r["inner"].as_str().unwrap().split(' ').nth(1), Some("421"), "{r}");
+}
