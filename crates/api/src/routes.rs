@@ -52,6 +52,7 @@ pub fn app(cp: Arc<ControlPlane>) -> Router {
         .route("/compute/v1/projects/{p}/regions/{r}/endpoints", get(list_endpoints).post(create_endpoint))
         .route("/compute/v1/projects/{p}/regions/{r}/endpoints/{e}", get(get_endpoint).delete(delete_endpoint))
         .route("/runnel/v1/projects/{p}/locations/{l}/services/{s}/logs", get(read_logs))
+        .route("/runnel/v1/projects/{p}/refusals", get(read_refusals))
         .route("/runnel/v1/projects/{p}/credentials", get(list_credentials).post(create_credential))
         .route("/runnel/v1/projects/{p}/credentials/{c}", axum::routing::delete(delete_credential))
         .fallback(|method: Method, uri: axum::http::Uri| async move {
@@ -432,6 +433,11 @@ async fn delete_subnet(
     Path((p, r, s)): Path<(String, String, String)>,
 ) -> Response {
     json(run(cp, move |cp| cp.delete_subnet(&who, &p, &r, &s)).await)
+}
+
+async fn read_refusals(State(cp): Cp, Caller(who): Caller, Path(p): Path<String>, Query(q): Q) -> Response {
+    let limit = q.get("limit").and_then(|v| v.parse().ok()).unwrap_or(100);
+    json(run(cp, move |cp| cp.read_refusals(&who, &p, limit)).await)
 }
 
 async fn read_logs(

@@ -146,6 +146,25 @@ impl ControlPlane {
         })
     }
 
+    /// The platform's refusal log: requests refused before reaching an instance, newest last.
+    pub fn read_refusals(&self, caller: &Principal, project: &str, limit: usize) -> ApiResult<Value> {
+        self.check_project(project)?;
+        let name = self.project_name();
+        self.read(|r| {
+            self.authorize(
+                r,
+                caller,
+                "logging.logEntries.list",
+                &crate::plane::Target { name: &name, policy_key: None },
+            )
+        })?;
+        let entries = match &self.logs {
+            Some(l) => l.read("-", "-", "denied", limit.clamp(1, 10_000)),
+            None => Vec::new(),
+        };
+        Ok(json!({ "entries": entries }))
+    }
+
     /// A service's instance output or request log, newest last.
     pub fn read_logs(
         &self,

@@ -66,6 +66,20 @@ pub enum Command {
     /// API credentials for people.
     #[command(subcommand)]
     Auth(AuthCmd),
+    /// The platform's logs: `--denied` shows requests refused before reaching an instance.
+    #[command(
+        after_help = "Example:\n  runnel logs --denied --limit=20\n\nA refused response carries its id in the X-Runnel-Request-Id header; find it here."
+    )]
+    Logs(PlatformLogs),
+}
+
+#[derive(Debug, Args)]
+pub struct PlatformLogs {
+    /// Requests refused by ingress or by an instance's egress proxy, with their reasons.
+    #[arg(long, required = true)]
+    pub denied: bool,
+    #[arg(long, default_value_t = 50)]
+    pub limit: usize,
 }
 
 #[derive(Debug, Args)]

@@ -51,6 +51,25 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
         Command::Projects(c) => iam::projects(&client, format, c).await,
         Command::Compute(c) => compute::compute(&client, format, c).await,
         Command::Auth(c) => credentials::auth(&client, format, c).await,
+        Command::Logs(c) => {
+            let v = client.get(&format!("/runnel/v1/projects/{}/refusals?limit={}", client.project, c.limit)).await?;
+            let entries = v["entries"].as_array().cloned().unwrap_or_default();
+            if format != output::Format::Table {
+                return output::print_list(format, &entries, &[]);
+            }
+            for e in entries {
+                println!(
+                    "{} {} {} {} target={} origin=\"{}\"",
+                    output::s(&e["timestamp"]),
+                    output::s(&e["requestId"]),
+                    output::s(&e["stage"]),
+                    output::s(&e["reason"]),
+                    output::s(&e["target"]),
+                    output::s(&e["origin"])
+                );
+            }
+            Ok(())
+        }
     }
 }
 

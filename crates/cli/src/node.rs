@@ -54,8 +54,31 @@ fn timestamp() -> String {
     time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
 }
 
-/// Instance output and request records go to the service's log files.
-pub struct Logs(pub Arc<LogStore>);
+/// Instance output and request records go to the service's log files; refusals go to the
+/// daemon's refusal log and its counters.
+pub struct Logs {
+    pub store: Arc<LogStore>,
+    refusals: std::sync::Mutex<std::collections::BTreeMap<(&'static str, String), u64>>,
+}
+
+impl Logs {
+    pub fn new(store: Arc<LogStore>) -> Self {
+        Self { store, refusals: std::sync::Mutex::new(std::collections::BTreeMap::new()) }
+    }
+
+    /// The refusal counters in Prometheus's text format.
+    pub fn metrics(&self) -> String {
+        let mut out = String::from(
+            "# HELP runnel_refusals_total Requests refused before reaching an instance, by stage and reason.\n# TYPE runnel_refusals_total counter\n",
+        );
+        if let Ok(map) = self.refusals.lock() {
+            for ((stage, reason), n) in map.iter() {
+                out.push_str(&format!("runnel_refusals_total{{stage=\"{stage}\",reason=\"{reason}\"}} {n}\n"));
+            }
+        }
+        out
+    }
+}
 
 impl OutputSink for Logs {
     fn line(&self, key: &RevisionKey, instance: &str, stream: Stream, text: &str) {
@@ -66,22 +89,35 @@ impl OutputSink for Logs {
             "stream": match stream { Stream::Stdout => "stdout", Stream::Stderr => "stderr" },
             "textPayload": text,
         });
-        self.0.append(&key.region, &key.service, Kind::Instances, &record);
+        self.store.append(&key.region, &key.service, Kind::Instances, &record);
     }
 }
 
 impl RequestLog for Logs {
     fn record(&self, record: RequestRecord) {
         if let Ok(v) = serde_json::to_value(&record) {
-            self.0.append(&record.region, &record.service, Kind::Requests, &v);
+            self.store.append(&record.region, &record.service, Kind::Requests, &v);
+        }
+    }
+
+    fn refused(&self, refusal: runnel_gateway::Refusal) {
+        if let Ok(mut map) = self.refusals.lock() {
+            *map.entry((refusal.stage, refusal.reason.clone())).or_insert(0) += 1;
+        }
+        if let Ok(v) = serde_json::to_value(&refusal) {
+            self.store.append("-", "-", Kind::Denied, &v);
         }
     }
 }
 
 impl runnel_api::LogReader for Logs {
     fn read(&self, region: &str, service: &str, kind: &str, limit: usize) -> Vec<serde_json::Value> {
-        let kind = if kind == "requests" { Kind::Requests } else { Kind::Instances };
-        self.0.read(region, service, kind, limit)
+        let kind = match kind {
+            "requests" => Kind::Requests,
+            "denied" => Kind::Denied,
+            _ => Kind::Instances,
+        };
+        self.store.read(region, service, kind, limit)
     }
 }
 
@@ -231,6 +267,7 @@ impl Node {
 /// The daemon's ends of every instance's outbound channels. Today: the egress proxy. Each
 /// instance gets its own socket, so whatever arrives on it is that instance's request.
 pub struct NodeChannels {
+    pub log: Arc<Logs>,
     pub cp: Arc<ControlPlane>,
     pub frontend: Arc<runnel_gateway::Frontend>,
     pub routes: Arc<Routes>,
@@ -240,6 +277,7 @@ pub struct NodeChannels {
 
 /// One instance's egress decisions.
 struct InstancePlanner {
+    log: Arc<Logs>,
     cp: Arc<ControlPlane>,
     routes: Arc<Routes>,
     own_listeners: Vec<std::net::IpAddr>,
@@ -327,6 +365,16 @@ impl runnel_gateway::EgressPlanner for InstancePlanner {
             %reason,
             "egress refused"
         );
+        self.log.refused(runnel_gateway::Refusal {
+            timestamp: timestamp(),
+            request_id: request_id.to_string(),
+            stage: "egress",
+            reason: reason.to_string(),
+            target: format!("{host}:{port}"),
+            origin: format!("instance {} of {}", self.instance, self.key),
+            caller: Some(format!("service `{}` (revision `{}`)", self.key.service, self.key.revision)),
+            trace: Vec::new(),
+        });
     }
 }
 
@@ -347,6 +395,7 @@ impl runnel_runtime::pool::ChannelProvider for NodeChannels {
             std::os::unix::fs::chown(&path, Some(uid), Some(uid))?;
         }
         let planner = Arc::new(InstancePlanner {
+            log: self.log.clone(),
             cp: self.cp.clone(),
             routes: self.routes.clone(),
             own_listeners: self.own_listeners.clone(),

@@ -107,7 +107,7 @@ pub async fn up(home_dir: &Path, args: Up) -> Result<()> {
     let boot = Bootstrap { project_id: args.project_id.clone(), owner: args.owner.clone(), owner_secret };
     let mut cp = runnel_api::bootstrap(Arc::new(store), &boot, settings).map_err(|e| anyhow!("{}", e.message))?;
     let logs = Arc::new(LogStore::new(home_dir.join("logs"), 8 * 1024 * 1024));
-    let sink = Arc::new(Logs(logs.clone()));
+    let sink = Arc::new(Logs::new(logs.clone()));
     if node {
         cp = cp.with_runtime(sink.clone());
     }
@@ -138,6 +138,7 @@ pub async fn up(home_dir: &Path, args: Up) -> Result<()> {
         // Without a sandbox there is no egress channel to serve: instances use the host's network.
         let channels: Option<Arc<dyn runnel_runtime::pool::ChannelProvider>> = match isolation {
             Isolation::Sandbox => Some(Arc::new(NodeChannels {
+                log: sink.clone(),
                 cp: cp.clone(),
                 frontend: front.clone(),
                 routes: routes.clone(),
@@ -213,7 +214,15 @@ pub async fn up(home_dir: &Path, args: Up) -> Result<()> {
     println!("  credential:   {} (owner {})", home_dir.join(home::OWNER_CREDENTIAL).display(), args.owner);
     println!("Press Ctrl-C to stop.");
 
-    let app = runnel_api::app(cp.clone());
+    // Refusal counters for Prometheus: reason codes only, nothing secret, so no credential.
+    let metrics_source = sink.clone();
+    let app = runnel_api::app(cp.clone()).route(
+        "/metrics",
+        axum::routing::get(move || {
+            let m = metrics_source.clone();
+            async move { ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], m.metrics()) }
+        }),
+    );
     axum::serve(api, app).with_graceful_shutdown(shutdown.wait()).await.context("the API server failed")?;
     // Stop instances (SIGTERM, then SIGKILL after 10 s) and the frontend before saying so.
     let _ = stop_tx.send(true);

@@ -90,6 +90,30 @@ pub struct HttpRequest {
 /// Receives request records; the daemon writes them to the service's request log.
 pub trait RequestLog: Send + Sync + 'static {
     fn record(&self, record: RequestRecord);
+    /// A request refused before it reached an instance (ingress, egress; later tokens and
+    /// IAM): the platform's refusal log and the refusal counters. Never a token or a secret.
+    fn refused(&self, refusal: Refusal);
+}
+
+/// One refused request, for operators: who asked for what, from where, and why not.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Refusal {
+    pub timestamp: String,
+    pub request_id: String,
+    /// `ingress`, `egress`, …: which check refused it.
+    pub stage: &'static str,
+    /// The machine-readable reason, as in docs and metrics.
+    pub reason: String,
+    /// The target: the service (region/name) or `host:port` for egress.
+    pub target: String,
+    /// The origin, in words.
+    pub origin: String,
+    /// The calling service and revision, when an instance made the call.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub caller: Option<String>,
+    /// How the decision was reached, with the fix.
+    pub trace: Vec<String>,
 }
 
 /// Where an instance's outbound request goes, as decided by the daemon from the calling

@@ -35,6 +35,7 @@ use crate::host::{self, MAX_HOST};
 use runnel_policy::ingress;
 use runnel_policy::origin::Origin;
 
+use crate::contract::Refusal;
 use crate::io::ClientIo;
 use crate::pages::{self, Page};
 use crate::record::{Exchange, RequestId};
@@ -218,6 +219,16 @@ impl Frontend {
                 trace = ?ingress.trace,
                 "request refused"
             );
+            self.log.refused(Refusal {
+                timestamp: crate::record::timestamp(),
+                request_id: id.as_str().to_string(),
+                stage: "ingress",
+                reason: ingress.reason.to_string(),
+                target: format!("{}/{}", route.region, route.service),
+                origin: origin.to_string(),
+                caller: origin.caller().map(ToString::to_string),
+                trace: ingress.trace,
+            });
             return page_response(pages::NOT_FOUND, &id_header, None);
         }
 

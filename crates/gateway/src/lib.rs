@@ -26,7 +26,7 @@ mod runtime;
 mod upstream;
 
 pub use contract::{
-    Backend, EgressPlanner, HttpRequest, Lease, LeaseFuture, Plan, RequestLog, RequestRecord, Route, Router,
+    Backend, EgressPlanner, HttpRequest, Lease, LeaseFuture, Plan, Refusal, RequestLog, RequestRecord, Route, Router,
     Unavailable,
 };
 pub use frontend::{Frontend, FrontendConfig};

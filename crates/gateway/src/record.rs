@@ -192,3 +192,8 @@ mod tests {
         assert_eq!(a.header_value(), a.as_str());
     }
 }
+
+/// Now, as Cloud Logging writes timestamps.
+pub(crate) fn timestamp() -> String {
+    OffsetDateTime::now_utc().format(&Rfc3339).unwrap_or_default()
+}

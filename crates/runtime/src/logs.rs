@@ -16,6 +16,8 @@ use std::sync::Mutex;
 pub enum Kind {
     Instances,
     Requests,
+    /// The platform's refusal log: one file for the daemon, not per service.
+    Denied,
 }
 
 impl Kind {
@@ -23,6 +25,7 @@ impl Kind {
         match self {
             Kind::Instances => "instances.jsonl",
             Kind::Requests => "requests.jsonl",
+            Kind::Denied => "denied.jsonl",
         }
     }
 }
@@ -44,6 +47,9 @@ impl LogStore {
     }
 
     fn path(&self, region: &str, service: &str, kind: Kind) -> PathBuf {
+        if kind == Kind::Denied {
+            return self.root.join(kind.file());
+        }
         self.root.join(region).join(service).join(kind.file())
     }
 

@@ -224,7 +224,37 @@ fn the_guide_internal_only_receiver_and_the_egress_settings() {
     assert_eq!(d.reason_for(&id.unwrap()), "ingress.default_url_disabled");
     let r = d.call_from("caller", &format!("url={}", q(&receiver)));
     assert_eq!(r["status"], 404, "{r}");
-    assert_eq!(d.reason_for(r["request_id"].as_str().unwrap()), "ingress.default_url_disabled");
+    let last_id = r["request_id"].as_str().unwrap().to_string();
+    assert_eq!(d.reason_for(&last_id), "ingress.default_url_disabled");
+
+    // The refusal log has each refused request by id, with the caller when there is one.
+    let denied: Value = serde_json::from_str(&d.ok(&["logs", "--denied", "--format=json"])).unwrap();
+    let entry =
+        denied.as_array().unwrap().iter().find(|e| e["requestId"] == last_id.as_str()).expect("the refusal is logged");
+    assert_eq!(entry["stage"], "ingress");
+    assert_eq!(entry["reason"], "ingress.default_url_disabled");
+    assert_eq!(entry["target"], "local1/receiver");
+    assert!(entry["caller"].as_str().unwrap().contains("service `caller`"), "{entry}");
+    let reasons: Vec<&str> = denied.as_array().unwrap().iter().filter_map(|e| e["reason"].as_str()).collect();
+    assert!(reasons.contains(&"egress.private_ranges_only.service_url_left_directly"), "{reasons:?}");
+
+    // And the counters by reason.
+    let api: Value = serde_json::from_str(&std::fs::read_to_string(d.home.join("daemon.json")).unwrap()).unwrap();
+    let addr = api["api"].as_str().unwrap().trim_start_matches("http://").to_string();
+    let mut s = TcpStream::connect(&addr).unwrap();
+    write!(s, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut metrics = String::new();
+    s.read_to_string(&mut metrics).unwrap();
+    assert!(
+        metrics.contains(r#"runnel_refusals_total{stage="ingress",reason="ingress.internal_only.from_internet"} 3"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            r#"runnel_refusals_total{stage="ingress",reason="egress.private_ranges_only.service_url_left_directly"} 1"#
+        ),
+        "{metrics}"
+    );
 }
 
 #[test]

@@ -603,9 +603,20 @@ async fn internal_ingress_refuses_everything_arriving_on_the_frontend_whatever_i
             assert!(body.contains("404 Page not found"), "{body}");
             assert!(parts.headers.contains_key("x-runnel-request-id"), "the refusal carries a request id");
         }
-        // Refused before any instance is involved, and not in the service's request log.
+        // Refused before any instance is involved, and not in the service's request log, but in
+        // the refusal log with its reason.
         assert_eq!(backend.acquired.load(Ordering::SeqCst), 0, "{ingress:?}");
         assert!(harness.log.records().is_empty(), "{ingress:?}");
+        let refusals = harness.log.1.lock().unwrap().clone();
+        assert_eq!(refusals.len(), spoofs.len());
+        let want = match ingress {
+            Ingress::InternalOnly => "ingress.internal_only.from_internet",
+            _ => "ingress.internal_and_cloud_load_balancing.from_internet",
+        };
+        for r in &refusals {
+            assert_eq!((r.stage, r.reason.as_str(), r.caller.as_deref()), ("ingress", want, None));
+            assert_eq!(r.target, "europe-west1/svc");
+        }
     }
 }
 

@@ -261,11 +261,15 @@ impl Router for FakeRouter {
 }
 
 #[derive(Default)]
-pub struct RecordingLog(pub Mutex<Vec<RequestRecord>>);
+pub struct RecordingLog(pub Mutex<Vec<RequestRecord>>, pub Mutex<Vec<runnel_gateway::Refusal>>);
 
 impl RequestLog for RecordingLog {
     fn record(&self, record: RequestRecord) {
         self.0.lock().unwrap().push(record);
+    }
+
+    fn refused(&self, refusal: runnel_gateway::Refusal) {
+        self.1.lock().unwrap().push(refusal);
     }
 }
 
