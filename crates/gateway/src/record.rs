@@ -171,6 +171,11 @@ pub(crate) fn format_latency(d: Duration) -> String {
     }
 }
 
+/// Now, as Cloud Logging writes timestamps.
+pub(crate) fn timestamp() -> String {
+    OffsetDateTime::now_utc().format(&Rfc3339).unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -191,9 +196,4 @@ mod tests {
         assert_ne!(a.as_str(), b.as_str());
         assert_eq!(a.header_value(), a.as_str());
     }
-}
-
-/// Now, as Cloud Logging writes timestamps.
-pub(crate) fn timestamp() -> String {
-    OffsetDateTime::now_utc().format(&Rfc3339).unwrap_or_default()
 }
