@@ -1,0 +1,296 @@
+//! A bounded cache of verified tokens, so the frontend pays one RSA verification per token rather
+//! than one per request.
+//!
+//! Keyed by the whole token string: a token whose signature (or anything else) was changed is a
+//! different string, is never found here, and goes through the full check. An entry remembers
+//! the claims and the fingerprint of the key that verified them; a hit still checks that this key
+//! is published in the caller's key set, and runs the claim checks (issuer, time, audience) with
+//! the caller's arguments, which are cheap. Entries leave when they expire or, when a shard is
+//! full, by CLOCK (second chance): an approximation of LRU that needs no list surgery on a hit.
+//!
+//! Sharded by the token's hash so that requests on different cores rarely share a lock.
+
+use std::collections::HashMap;
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use crate::keys::KeySet;
+use crate::verify::{Claims, Refusal, check_claims, verify_signature};
+
+const SHARDS: usize = 16;
+
+/// Counters, for metrics and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CacheStats {
+    pub hits: u64,
+    pub misses: u64,
+    /// RSA verifications performed (misses that got as far as the signature).
+    pub rsa_verifications: u64,
+    pub evictions: u64,
+    pub entries: usize,
+}
+
+struct Slot {
+    hash: u64,
+    token: Box<str>,
+    claims: Arc<Claims>,
+    fingerprint: Vec<u8>,
+    kid: String,
+    referenced: bool,
+}
+
+#[derive(Default)]
+struct Shard {
+    /// Token hash → index in `slots`.
+    index: HashMap<u64, usize>,
+    slots: Vec<Slot>,
+    hand: usize,
+}
+
+impl Shard {
+    fn find(&mut self, hash: u64, token: &str) -> Option<usize> {
+        let i = *self.index.get(&hash)?;
+        (self.slots.get(i)?.token.as_ref() == token).then_some(i)
+    }
+
+    fn remove(&mut self, i: usize) {
+        let slot = self.slots.swap_remove(i);
+        self.index.remove(&slot.hash);
+        if let Some(moved) = self.slots.get(i) {
+            self.index.insert(moved.hash, i);
+        }
+        if self.hand >= self.slots.len() {
+            self.hand = 0;
+        }
+    }
+
+    /// Inserts, evicting if full. Returns whether something was evicted.
+    fn insert(&mut self, slot: Slot, capacity: usize, now: u64, skew: u64) -> bool {
+        if let Some(&i) = self.index.get(&slot.hash) {
+            // Same hash, another token (vanishingly rare with a keyed hash): the newer one wins.
+            self.slots[i] = slot;
+            return false;
+        }
+        if self.slots.len() < capacity {
+            self.index.insert(slot.hash, self.slots.len());
+            self.slots.push(slot);
+            return false;
+        }
+        // CLOCK: the first entry that is expired or was not used since the hand last passed.
+        let len = self.slots.len();
+        for _ in 0..2 * len {
+            let i = self.hand;
+            self.hand = (self.hand + 1) % len;
+            let victim = &mut self.slots[i];
+            if victim.referenced && victim.claims.exp.saturating_add(skew) >= now {
+                victim.referenced = false;
+                continue;
+            }
+            self.index.remove(&victim.hash);
+            self.index.insert(slot.hash, i);
+            self.slots[i] = slot;
+            return true;
+        }
+        false
+    }
+}
+
+/// Verified tokens, bounded. Share one per frontend (it is `Sync`).
+pub struct VerifyCache {
+    shards: Box<[Mutex<Shard>]>,
+    capacity_per_shard: usize,
+    hasher: RandomState,
+    hits: AtomicU64,
+    misses: AtomicU64,
+    rsa_verifications: AtomicU64,
+    evictions: AtomicU64,
+}
+
+impl std::fmt::Debug for VerifyCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VerifyCache").field("stats", &self.stats()).finish_non_exhaustive()
+    }
+}
+
+impl Default for VerifyCache {
+    fn default() -> Self {
+        Self::new(Self::DEFAULT_CAPACITY)
+    }
+}
+
+impl VerifyCache {
+    pub const DEFAULT_CAPACITY: usize = 10_000;
+
+    /// A cache of about `capacity` tokens (rounded up to a multiple of the shard count).
+    pub fn new(capacity: usize) -> Self {
+        let capacity_per_shard = capacity.div_ceil(SHARDS).max(1);
+        Self {
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+            capacity_per_shard,
+            hasher: RandomState::new(),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+            rsa_verifications: AtomicU64::new(0),
+            evictions: AtomicU64::new(0),
+        }
+    }
+
+    /// The same verdict as [`crate::verify_id_token`], from the cache when this exact token was
+    /// verified before with a key still in `keys`.
+    pub fn verify(
+        &self,
+        token: &str,
+        keys: &KeySet,
+        issuer: &str,
+        audiences: &[String],
+        now: u64,
+        skew: u64,
+    ) -> Result<Arc<Claims>, Refusal> {
+        let hash = self.hasher.hash_one(token);
+        let shard = &self.shards[(hash as usize) % SHARDS];
+
+        let cached = {
+            let mut shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
+            match shard.find(hash, token) {
+                Some(i) => {
+                    let slot = &mut shard.slots[i];
+                    let still_published = keys.get(&slot.kid).is_some_and(|k| k.fingerprint() == slot.fingerprint);
+                    if still_published {
+                        slot.referenced = true;
+                        Some(slot.claims.clone())
+                    } else {
+                        shard.remove(i);
+                        None
+                    }
+                }
+                None => None,
+            }
+        };
+        if let Some(claims) = cached {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+            check_claims(&claims, issuer, audiences, now, skew)?;
+            return Ok(claims);
+        }
+
+        self.misses.fetch_add(1, Ordering::Relaxed);
+        let signed = verify_signature(token, keys, Some(&self.rsa_verifications))?;
+        let claims = Arc::new(signed.claims);
+        if claims.exp.saturating_add(skew) >= now {
+            let slot = Slot {
+                hash,
+                token: token.into(),
+                claims: claims.clone(),
+                fingerprint: signed.fingerprint,
+                kid: signed.kid,
+                referenced: false,
+            };
+            let evicted =
+                shard.lock().unwrap_or_else(PoisonError::into_inner).insert(slot, self.capacity_per_shard, now, skew);
+            if evicted {
+                self.evictions.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        check_claims(&claims, issuer, audiences, now, skew)?;
+        Ok(claims)
+    }
+
+    pub fn stats(&self) -> CacheStats {
+        CacheStats {
+            hits: self.hits.load(Ordering::Relaxed),
+            misses: self.misses.load(Ordering::Relaxed),
+            rsa_verifications: self.rsa_verifications.load(Ordering::Relaxed),
+            evictions: self.evictions.load(Ordering::Relaxed),
+            entries: self.len(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().unwrap_or_else(PoisonError::into_inner).slots.len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The most tokens held at once.
+    pub fn capacity(&self) -> usize {
+        self.capacity_per_shard * SHARDS
+    }
+
+    /// Forgets every token (for example when a key was withdrawn by hand).
+    pub fn clear(&self) {
+        for shard in self.shards.iter() {
+            *shard.lock().unwrap_or_else(PoisonError::into_inner) = Shard::default();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slot(hash: u64, exp: u64) -> Slot {
+        let claims = Claims {
+            iss: "i".into(),
+            aud: vec!["a".into()],
+            azp: None,
+            sub: "1".into(),
+            email: None,
+            email_verified: false,
+            iat: 0,
+            exp,
+            google: None,
+        };
+        Slot {
+            hash,
+            token: format!("t{hash}").into(),
+            claims: Arc::new(claims),
+            fingerprint: vec![],
+            kid: "k".into(),
+            referenced: false,
+        }
+    }
+
+    #[test]
+    fn clock_spares_recently_used_entries() {
+        let mut shard = Shard::default();
+        for h in 0..3 {
+            assert!(!shard.insert(slot(h, 100), 3, 0, 0));
+        }
+        let i = shard.find(0, "t0").unwrap();
+        shard.slots[i].referenced = true;
+        assert!(shard.insert(slot(3, 100), 3, 0, 0));
+        assert!(shard.find(0, "t0").is_some(), "the referenced entry got a second chance");
+        assert!(shard.find(1, "t1").is_none(), "the first unreferenced entry went");
+        assert_eq!(shard.slots.len(), 3);
+        assert_eq!(shard.index.len(), 3);
+    }
+
+    #[test]
+    fn expired_entries_go_first_even_if_referenced() {
+        let mut shard = Shard::default();
+        shard.insert(slot(0, 100), 2, 0, 0);
+        shard.insert(slot(1, 10), 2, 0, 0);
+        for s in &mut shard.slots {
+            s.referenced = true;
+        }
+        assert!(shard.insert(slot(2, 100), 2, 50, 0));
+        assert!(shard.find(1, "t1").is_none());
+        assert!(shard.find(0, "t0").is_some());
+    }
+
+    #[test]
+    fn removal_keeps_the_index_right() {
+        let mut shard = Shard::default();
+        for h in 0..4 {
+            shard.insert(slot(h, 100), 8, 0, 0);
+        }
+        shard.remove(0);
+        for h in 1..4 {
+            assert!(shard.find(h, &format!("t{h}")).is_some());
+        }
+        assert!(shard.find(0, "t0").is_none());
+    }
+}
