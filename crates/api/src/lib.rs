@@ -25,4 +25,4 @@ pub use error::{ApiError, ApiResult};
 pub use plane::{ControlPlane, LogReader, Project, Settings};
 pub use projects::{Bootstrap, bootstrap};
 pub use routes::app;
-pub use serving::{Desired, Outcome};
+pub use serving::{Desired, InvokerFacts, Outcome};

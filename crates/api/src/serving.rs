@@ -241,3 +241,58 @@ impl ControlPlane {
         })
     }
 }
+
+/// What the invoker check needs about a service, read in one snapshot.
+#[derive(Debug, Clone)]
+pub struct InvokerFacts {
+    pub invoker_iam_disabled: bool,
+    pub custom_audiences: Vec<String>,
+    pub service_policy: runnel_model::iam::Policy,
+    pub project_policy: runnel_model::iam::Policy,
+    pub service_name: String,
+    pub project_name: String,
+}
+
+impl ControlPlane {
+    /// The service's invoker settings and the policies that apply to it, as they are now.
+    pub fn invoker_facts(&self, region: &str, service: &str) -> ApiResult<Option<InvokerFacts>> {
+        self.read(|r| {
+            let Some(s) = get::<Service>(r, &service_key(region, service))? else { return Ok(None) };
+            Ok(Some(InvokerFacts {
+                invoker_iam_disabled: s.invoker_iam_disabled,
+                custom_audiences: s.custom_audiences,
+                service_policy: get(r, &policy_key(region, service))?.unwrap_or_default(),
+                project_policy: get(r, crate::plane::PROJECT_POLICY_KEY)?.unwrap_or_default(),
+                service_name: self.service_name(region, service),
+                project_name: self.project_name(),
+            }))
+        })
+    }
+
+    /// The service account with this unique id, if it exists.
+    pub fn account_by_unique_id(
+        &self,
+        unique_id: &str,
+    ) -> ApiResult<Option<runnel_model::service_account::ServiceAccount>> {
+        self.read(|r| self.find_account(r, unique_id))
+    }
+
+    /// The account with this email as it is now, if it exists and is enabled; else why not.
+    pub fn usable_account(
+        &self,
+        email: &str,
+    ) -> Result<runnel_model::service_account::ServiceAccount, runnel_policy::Reason> {
+        match self.read(|r| get::<runnel_model::service_account::ServiceAccount>(r, &crate::accounts::key(email))) {
+            Ok(Some(a)) if a.disabled => Err(runnel_policy::Reason::PrincipalDisabled),
+            Ok(Some(a)) => Ok(a),
+            _ => Err(runnel_policy::Reason::PrincipalDeleted),
+        }
+    }
+}
+
+impl ControlPlane {
+    /// One revision, as recorded.
+    pub fn revision(&self, region: &str, service: &str, revision: &str) -> ApiResult<Option<Revision>> {
+        self.read(|r| get(r, &revision_key(region, service, revision)))
+    }
+}

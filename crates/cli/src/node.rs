@@ -148,6 +148,7 @@ fn launch(region: &str, service: &str, rev: &Revision, startup: Duration) -> Opt
 }
 
 pub struct Node {
+    pub invoker: Arc<dyn runnel_gateway::Invoker>,
     pub cp: Arc<ControlPlane>,
     pub host: Arc<Host>,
     pub routes: Arc<Routes>,
@@ -251,6 +252,7 @@ impl Node {
                 backend: Arc::new(PoolBackend(pool.clone())),
                 ingress: d.service.ingress,
                 default_uri_disabled: d.service.default_uri_disabled,
+                invoker: self.invoker.clone(),
             };
             table.insert(self.cp.service_host(&d.region, &name), Arc::new(route));
         }
@@ -267,6 +269,7 @@ impl Node {
 /// The daemon's ends of every instance's outbound channels. Today: the egress proxy. Each
 /// instance gets its own socket, so whatever arrives on it is that instance's request.
 pub struct NodeChannels {
+    pub metadata: MetadataChannel,
     pub log: Arc<Logs>,
     pub cp: Arc<ControlPlane>,
     pub frontend: Arc<runnel_gateway::Frontend>,
@@ -402,8 +405,9 @@ impl runnel_runtime::pool::ChannelProvider for NodeChannels {
             key: key.clone(),
             instance: instance.to_string(),
         });
-        let task = tokio::spawn(self.frontend.clone().serve_egress(listener, planner));
-        Ok(Box::new(AbortOnDrop(task)))
+        let egress = tokio::spawn(self.frontend.clone().serve_egress(listener, planner));
+        let metadata = self.metadata.open(key, instance, channel_dir, uid)?;
+        Ok(Box::new((AbortOnDrop(egress), AbortOnDrop(metadata))))
     }
 }
 
@@ -413,5 +417,175 @@ struct AbortOnDrop(tokio::task::JoinHandle<()>);
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+/// The frontend's invoker check: the ID token, the account behind it, and `run.routes.invoke`
+/// on the service's policy and the project's, evaluated on every request against current state.
+pub struct InvokerGate {
+    pub cp: Arc<ControlPlane>,
+    pub keys: Arc<runnel_identity::Keys>,
+    pub cache: Arc<runnel_identity::VerifyCache>,
+    pub issuer: String,
+}
+
+const SKEW: u64 = 300;
+
+fn deny(status: u16, reason: runnel_policy::Reason, trace: Vec<String>) -> runnel_gateway::InvokerCheck {
+    runnel_gateway::InvokerCheck::Deny { status, decision: runnel_policy::Decision::deny(reason, trace) }
+}
+
+impl runnel_gateway::Invoker for InvokerGate {
+    fn check(&self, route: &Route, headers: &hyper::HeaderMap) -> runnel_gateway::InvokerCheck {
+        use runnel_gateway::InvokerCheck;
+        use runnel_policy::Reason;
+        use runnel_policy::iam::{self, Principal, Scope};
+        let facts = match self.cp.invoker_facts(&route.region, &route.service) {
+            Ok(Some(f)) => f,
+            // The service vanished or the store failed: refuse rather than guess.
+            _ => return deny(403, Reason::IamNoBinding, vec!["the service's policy could not be read".into()]),
+        };
+        if facts.invoker_iam_disabled {
+            return InvokerCheck::Allow { reason: Reason::InvokerCheckDisabled, rewrite: None };
+        }
+        let scopes = [
+            Scope { resource: &facts.service_name, policy: &facts.service_policy },
+            Scope { resource: &facts.project_name, policy: &facts.project_policy },
+        ];
+        if iam::check(&Principal::Anonymous, "run.routes.invoke", &scopes).allowed {
+            return InvokerCheck::Allow { reason: Reason::InvokerAllUsers, rewrite: None };
+        }
+        // X-Serverless-Authorization wins over Authorization, as on Cloud Run; exactly one.
+        let serverless: Vec<_> = headers.get_all("x-serverless-authorization").iter().collect();
+        let authorization: Vec<_> = headers.get_all(hyper::header::AUTHORIZATION).iter().collect();
+        let (name, values) = if serverless.is_empty() {
+            (hyper::header::AUTHORIZATION, authorization)
+        } else {
+            (hyper::header::HeaderName::from_static("x-serverless-authorization"), serverless)
+        };
+        let value = match values.as_slice() {
+            [] => {
+                return deny(403, Reason::TokenMissing, vec![
+                    "the request carries no ID token; send `Authorization: Bearer TOKEN` with a token for the service's URL (fetch_id_token, getIdTokenClient, `runnel auth print-identity-token`)".into(),
+                ]);
+            }
+            [one] => *one,
+            _ => {
+                return deny(
+                    401,
+                    Reason::TokenMultiple,
+                    vec![format!("`{name}` appears more than once; send exactly one token")],
+                );
+            }
+        };
+        let Some(token) =
+            value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        else {
+            return deny(401, Reason::TokenMalformed, vec![format!("`{name}` is not `Bearer TOKEN`")]);
+        };
+        let token = token.trim();
+        let url = self.cp.service_url(&route.region, &route.service);
+        let https = url.replacen("http://", "https://", 1);
+        let mut audiences = vec![format!("{url}/"), format!("{https}/"), url, https];
+        audiences.extend(facts.custom_audiences.iter().cloned());
+        let now = runnel_identity::unix_now();
+        let claims = match self.cache.verify(token, &self.keys.key_set(), &self.issuer, &audiences, now, SKEW) {
+            Ok(c) => c,
+            Err(refusal) => return deny(401, refusal.reason, vec![refusal.detail]),
+        };
+        let account = match self.cp.account_by_unique_id(&claims.sub) {
+            Ok(Some(a)) => a,
+            _ => {
+                return deny(
+                    403,
+                    Reason::PrincipalDeleted,
+                    vec![format!(
+                        "the token's service account (unique id {}) no longer exists; tokens name an account by unique id, so a re-created account needs new tokens",
+                        claims.sub
+                    )],
+                );
+            }
+        };
+        if claims.email.as_deref().is_some_and(|e| !e.eq_ignore_ascii_case(&account.email)) {
+            return deny(
+                403,
+                Reason::PrincipalDeleted,
+                vec!["the token's email no longer belongs to its account".into()],
+            );
+        }
+        if account.disabled {
+            return deny(
+                403,
+                Reason::PrincipalDisabled,
+                vec![format!(
+                    "service account `{}` is disabled; enable it with `runnel iam service-accounts enable {}`",
+                    account.email, account.email
+                )],
+            );
+        }
+        let principal =
+            Principal::ServiceAccount { email: account.email.clone(), unique_id: account.unique_id.clone() };
+        let decision = iam::check(&principal, "run.routes.invoke", &scopes);
+        if !decision.allowed {
+            let mut trace = decision.trace;
+            trace.push(format!(
+                "fix: `runnel run services add-iam-policy-binding {} --region={} --member=serviceAccount:{} --role=roles/run.invoker`",
+                route.service, route.region, account.email
+            ));
+            return deny(403, decision.reason, trace);
+        }
+        // The instance gets the token it was admitted with, minus its signature.
+        let stripped = match token.rsplit_once('.') {
+            Some((signed, _)) => format!("Bearer {signed}.SIGNATURE_REMOVED_BY_GOOGLE"),
+            None => String::new(),
+        };
+        let rewrite = hyper::header::HeaderValue::from_str(&stripped).ok().map(|v| (name, v));
+        InvokerCheck::Allow { reason: Reason::IamGranted, rewrite }
+    }
+}
+
+/// The metadata server of one instance, served on its `metadata.sock`.
+pub struct MetadataChannel {
+    pub cp: Arc<ControlPlane>,
+    pub minter: Arc<runnel_identity::Minter>,
+}
+
+impl MetadataChannel {
+    fn open(
+        &self,
+        key: &RevisionKey,
+        instance: &str,
+        channel_dir: &std::path::Path,
+        uid: Option<u32>,
+    ) -> std::io::Result<tokio::task::JoinHandle<()>> {
+        use std::os::unix::fs::PermissionsExt;
+        let rev = self.cp.revision(&key.region, &key.service, &key.revision).ok().flatten();
+        let email = rev.map(|r| r.service_account).unwrap_or_default();
+        let unique_id = self.cp.usable_account(&email).map(|a| a.unique_id).unwrap_or_default();
+        let project = self.cp.project();
+        let info = runnel_identity::Instance {
+            project_id: project.project_id.clone(),
+            project_number: project.project_number.parse().unwrap_or(0),
+            region: key.region.clone(),
+            instance_id: u64::from_str_radix(instance, 16).unwrap_or(0).to_string(),
+            instance_name: instance.to_string(),
+            created: runnel_identity::unix_now(),
+            service_account: runnel_identity::Account { unique_id, email },
+            scopes: vec!["https://www.googleapis.com/auth/cloud-platform".into()],
+            extra_hosts: Vec::new(),
+        };
+        let cp = self.cp.clone();
+        let accounts = Arc::new(move |email: &str| cp.usable_account(email));
+        let router = runnel_identity::MetadataServer::new(info, self.minter.clone(), accounts).router();
+        let path = channel_dir.join(runnel_runtime::sandbox::Channels::METADATA);
+        let _ = std::fs::remove_file(&path);
+        let listener = tokio::net::UnixListener::bind(&path)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+        if let Some(uid) = uid {
+            std::os::unix::fs::chown(&path, Some(uid), Some(uid))?;
+        }
+        Ok(tokio::spawn(async move {
+            let _ = axum::serve(listener, router).await;
+        }))
     }
 }

@@ -19,7 +19,7 @@ use runnel_store::RedbStore;
 
 use crate::cli::{IsolationFlag, Role, Up};
 use crate::home::{self, DaemonInfo};
-use crate::node::{Logs, Node, NodeChannels, Routes};
+use crate::node::{InvokerGate, Logs, MetadataChannel, Node, NodeChannels, Routes};
 
 /// Binds a listener, or says which port is taken and which flag moves it.
 async fn bind(addr: &str, flag: &str) -> Result<tokio::net::TcpListener> {
@@ -122,7 +122,35 @@ pub async fn up(home_dir: &Path, args: Up) -> Result<()> {
     let mut node_task = None;
     let mut frontend_task = None;
     let mut frontend_addr = None;
+    let mut published = None;
     if let Some(listener) = frontend {
+        // Identity: signing keys (0600, rotated), the minter behind every metadata server, and
+        // the verified-token cache of the frontend's invoker check. The issuer is this API.
+        let issuer = format!("http://{api_addr}");
+        let keys_dir = home_dir.join("keys");
+        let keys = Arc::new(
+            runnel_identity::Keys::open(&keys_dir, runnel_identity::KeyPolicy::default(), runnel_identity::unix_now())
+                .map_err(|e| anyhow!("cannot open the signing keys in {}: {e}", keys_dir.display()))?,
+        );
+        let rotating = keys.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(600)).await;
+                let k = rotating.clone();
+                let rotated = tokio::task::spawn_blocking(move || k.rotate_if_due(runnel_identity::unix_now())).await;
+                if let Ok(Err(e)) = rotated {
+                    tracing::error!(error = %e, "signing key rotation failed; the current key keeps signing");
+                }
+            }
+        });
+        let minter = Arc::new(runnel_identity::Minter::new(keys.clone(), issuer.clone()));
+        published = Some(runnel_identity::publish::router(keys.clone(), &issuer));
+        let invoker: Arc<dyn runnel_gateway::Invoker> = Arc::new(InvokerGate {
+            cp: cp.clone(),
+            keys: keys.clone(),
+            cache: Arc::new(runnel_identity::VerifyCache::default()),
+            issuer: issuer.clone(),
+        });
         frontend_addr = Some(listener.local_addr()?);
         let instances_dir = home_dir.join("i");
         let _ = std::fs::remove_dir_all(&instances_dir);
@@ -138,6 +166,7 @@ pub async fn up(home_dir: &Path, args: Up) -> Result<()> {
         // Without a sandbox there is no egress channel to serve: instances use the host's network.
         let channels: Option<Arc<dyn runnel_runtime::pool::ChannelProvider>> = match isolation {
             Isolation::Sandbox => Some(Arc::new(NodeChannels {
+                metadata: MetadataChannel { cp: cp.clone(), minter: minter.clone() },
                 log: sink.clone(),
                 cp: cp.clone(),
                 frontend: front.clone(),
@@ -156,6 +185,7 @@ pub async fn up(home_dir: &Path, args: Up) -> Result<()> {
             channels,
         });
         let node = Node {
+            invoker,
             cp: cp.clone(),
             host,
             routes: routes.clone(),
@@ -216,7 +246,12 @@ pub async fn up(home_dir: &Path, args: Up) -> Result<()> {
 
     // Refusal counters for Prometheus: reason codes only, nothing secret, so no credential.
     let metrics_source = sink.clone();
-    let app = runnel_api::app(cp.clone()).route(
+    let mut app = runnel_api::app(cp.clone());
+    if let Some(published) = published {
+        // The keys that verify runnel's ID tokens, for services that verify them themselves.
+        app = app.merge(published);
+    }
+    let app = app.route(
         "/metrics",
         axum::routing::get(move || {
             let m = metrics_source.clone();

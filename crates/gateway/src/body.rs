@@ -64,6 +64,17 @@ impl ResponseBody {
         ResponseBody { kind: Kind::Page(Some(Bytes::from(body))), deadline: None, timer: None, sent: 0, exchange: None }
     }
 
+    /// A refusal page made at request time that still closes the request's log record.
+    pub(crate) fn text_recorded(body: String, exchange: Exchange) -> ResponseBody {
+        ResponseBody {
+            kind: Kind::Page(Some(Bytes::from(body))),
+            deadline: None,
+            timer: None,
+            sent: 0,
+            exchange: Some(exchange),
+        }
+    }
+
     /// A body passed through untouched (an internal endpoint's answer through the egress proxy).
     pub(crate) fn passthrough(body: Incoming) -> ResponseBody {
         ResponseBody { kind: Kind::Upstream(body), deadline: None, timer: None, sent: 0, exchange: None }

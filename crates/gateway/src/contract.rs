@@ -24,6 +24,25 @@ pub struct Route {
     pub ingress: runnel_model::service::Ingress,
     /// `--no-default-url`: the URL answers 404 to everyone.
     pub default_uri_disabled: bool,
+    /// The invoker check (ID token and `run.routes.invoke`), run after ingress.
+    pub invoker: Arc<dyn Invoker>,
+}
+
+/// The outcome of the invoker check for one request.
+pub enum InvokerCheck {
+    /// Admitted. `rewrite` replaces the header the token came in, with its signature removed,
+    /// so the token cannot be replayed from the instance's logs.
+    Allow { reason: runnel_policy::Reason, rewrite: Option<(hyper::header::HeaderName, hyper::header::HeaderValue)> },
+    /// Refused: 401 for a bad token, 403 for a missing one or a principal without the
+    /// permission, as on Cloud Run.
+    Deny { status: u16, decision: runnel_policy::Decision },
+}
+
+/// Checks that the caller may invoke the route's service. Implementations must be pure
+/// functions of the request's headers and current policy: no decision may be cached across
+/// policy changes (a removed binding takes effect on the very next request).
+pub trait Invoker: Send + Sync + 'static {
+    fn check(&self, route: &Route, headers: &hyper::HeaderMap) -> InvokerCheck;
 }
 
 /// Finds the route for a request's host. The host is already normalised: lowercase, without

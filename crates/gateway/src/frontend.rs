@@ -35,7 +35,7 @@ use crate::host::{self, MAX_HOST};
 use runnel_policy::ingress;
 use runnel_policy::origin::Origin;
 
-use crate::contract::Refusal;
+use crate::contract::{InvokerCheck, Refusal};
 use crate::io::ClientIo;
 use crate::pages::{self, Page};
 use crate::record::{Exchange, RequestId};
@@ -232,9 +232,50 @@ impl Frontend {
             return page_response(pages::NOT_FOUND, &id_header, None);
         }
 
+        // The invoker check: the ID token and `run.routes.invoke`, against current policy. These
+        // refusals are in the service's request log, as on Cloud Run.
+        let invoker = route.invoker.check(&route, req.headers());
         let deadline = tokio::time::Instant::from_std(started + route.timeout.min(FAR_FUTURE));
         let mut exchange =
             Exchange::new(self.log.clone(), route.clone(), started, id, &req, authority.clone(), peer.ip);
+        match invoker {
+            InvokerCheck::Allow { rewrite, .. } => {
+                if let Some((name, value)) = rewrite {
+                    req.headers_mut().insert(name, value);
+                }
+            }
+            InvokerCheck::Deny { status, decision } => {
+                let path = req.uri().path().to_string();
+                tracing::info!(
+                    request_id = exchange.id.as_str(),
+                    service = route.service.as_str(),
+                    reason = %decision.reason,
+                    trace = ?decision.trace,
+                    "request refused"
+                );
+                self.log.refused(Refusal {
+                    timestamp: crate::record::timestamp(),
+                    request_id: exchange.id.as_str().to_string(),
+                    stage: "invoker",
+                    reason: decision.reason.to_string(),
+                    target: format!("{}/{}", route.region, route.service),
+                    origin: origin.to_string(),
+                    caller: origin.caller().map(ToString::to_string),
+                    trace: decision.trace,
+                });
+                let (code, body) = if status == 401 {
+                    (StatusCode::UNAUTHORIZED, pages::unauthorized(&path))
+                } else {
+                    (StatusCode::FORBIDDEN, pages::forbidden(&path))
+                };
+                exchange.status = code.as_u16();
+                let mut response = Response::new(ResponseBody::text_recorded(body, exchange));
+                *response.status_mut() = code;
+                response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/html; charset=UTF-8"));
+                response.headers_mut().insert(X_RUNNEL_REQUEST_ID, id_header.clone());
+                return response;
+            }
+        }
 
         let lease = match timeout_at(deadline, route.backend.acquire()).await {
             Ok(Ok(lease)) => lease,

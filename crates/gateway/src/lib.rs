@@ -26,8 +26,8 @@ mod runtime;
 mod upstream;
 
 pub use contract::{
-    Backend, EgressPlanner, HttpRequest, Lease, LeaseFuture, Plan, Refusal, RequestLog, RequestRecord, Route, Router,
-    Unavailable,
+    Backend, EgressPlanner, HttpRequest, Invoker, InvokerCheck, Lease, LeaseFuture, Plan, Refusal, RequestLog,
+    RequestRecord, Route, Router, Unavailable,
 };
 pub use frontend::{Frontend, FrontendConfig};
 pub use runtime::{build_runtime, default_workers};

@@ -130,6 +130,26 @@ pub(crate) const INTERNAL: Page = Page {
 pub(crate) const TIMEOUT: Page =
     Page { status: StatusCode::GATEWAY_TIMEOUT, content_type: "text/plain", body: "upstream request timeout" };
 
+/// Cloud Run's 403 page: no token, or a principal without `run.routes.invoke`.
+pub(crate) fn forbidden(path: &str) -> String {
+    format!(
+        "<html><head>\n<meta http-equiv=\"content-type\" content=\"text/html;charset=utf-8\">\n<title>403 Forbidden</title>\n</head>\n<body text=#000000 bgcolor=#ffffff>\n<h1>Error: Forbidden</h1>\n<h2>Your client does not have permission to get URL <code>{}</code> from this server.</h2>\n<h2></h2>\n</body></html>\n",
+        escape(path)
+    )
+}
+
+/// Cloud Run's 401 page: a token that is not valid for this service.
+pub(crate) fn unauthorized(path: &str) -> String {
+    format!(
+        "<html><head>\n<meta http-equiv=\"content-type\" content=\"text/html;charset=utf-8\">\n<title>401 Unauthorized</title>\n</head>\n<body text=#000000 bgcolor=#ffffff>\n<h1>Error: Unauthorized</h1>\n<h2>Your client does not have permission to the requested URL <code>{}</code>.</h2>\n<h2></h2>\n</body></html>\n",
+        escape(path)
+    )
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

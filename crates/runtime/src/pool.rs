@@ -360,6 +360,7 @@ fn announce_proxy(env: &mut Vec<(String, String)>) {
     // Not `localhost`: clients match NO_PROXY entries as name suffixes, and service hosts end in
     // `.run.localhost`.
     let no_proxy = "127.0.0.1,::1,169.254.169.254,metadata.google.internal,metadata".to_string();
+    let metadata = sandbox::METADATA_ADDR.to_string();
     for (name, value) in [
         ("HTTP_PROXY", &proxy),
         ("HTTPS_PROXY", &proxy),
@@ -367,6 +368,9 @@ fn announce_proxy(env: &mut Vec<(String, String)>) {
         ("https_proxy", &proxy),
         ("NO_PROXY", &no_proxy),
         ("no_proxy", &no_proxy),
+        // The metadata server, for clients that read these instead of trying 169.254.169.254.
+        ("GCE_METADATA_HOST", &metadata),
+        ("GCE_METADATA_IP", &metadata),
     ] {
         if !env.iter().any(|(k, _)| k == name) {
             env.push((name.to_string(), value.clone()));

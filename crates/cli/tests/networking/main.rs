@@ -171,9 +171,17 @@ fn q(s: &str) -> String {
 #[test]
 fn the_guide_internal_only_receiver_and_the_egress_settings() {
     let d = Daemon::start("guide");
-    d.ok(&["run", "deploy", "receiver", "--command=python3", "--args=app.py", "--ingress=internal"]);
+    d.ok(&[
+        "run",
+        "deploy",
+        "receiver",
+        "--command=python3",
+        "--args=app.py",
+        "--ingress=internal",
+        "--allow-unauthenticated",
+    ]);
     let receiver = d.url("receiver");
-    d.ok(&["run", "deploy", "caller", "--command=python3", "--args=app.py"]);
+    d.ok(&["run", "deploy", "caller", "--command=python3", "--args=app.py", "--allow-unauthenticated"]);
 
     // From the host: 404, refused by ingress, and the instance never saw it.
     let (status, id, body) = d.get(&d.host("receiver"), "/");
@@ -292,7 +300,7 @@ fn a_private_endpoint_is_reachable_only_through_the_vpc() {
         "--network=vpc",
         "--range=10.8.0.0/28",
     ]);
-    d.ok(&["run", "deploy", "caller", "--command=python3", "--args=app.py"]);
+    d.ok(&["run", "deploy", "caller", "--command=python3", "--args=app.py", "--allow-unauthenticated"]);
 
     // Without VPC access the proxy refuses a private destination, naming why.
     let r = d.call_from("caller", &format!("url={}", q("http://10.0.0.5:5432/")));
@@ -308,9 +316,9 @@ fn a_private_endpoint_is_reachable_only_through_the_vpc() {
 #[test]
 fn an_instance_cannot_use_the_proxy_to_reach_runnel_or_other_hosts() {
     let d = Daemon::start("attacks");
-    d.ok(&["run", "deploy", "receiver", "--command=python3", "--args=app.py"]);
-    d.ok(&["run", "deploy", "other", "--command=python3", "--args=app.py"]);
-    d.ok(&["run", "deploy", "caller", "--command=python3", "--args=app.py"]);
+    d.ok(&["run", "deploy", "receiver", "--command=python3", "--args=app.py", "--allow-unauthenticated"]);
+    d.ok(&["run", "deploy", "other", "--command=python3", "--args=app.py", "--allow-unauthenticated"]);
+    d.ok(&["run", "deploy", "caller", "--command=python3", "--args=app.py", "--allow-unauthenticated"]);
     let api = std::fs::read_to_string(d.home.join("daemon.json")).unwrap();
     let api: Value = serde_json::from_str(&api).unwrap();
     let api_port = api["api"].as_str().unwrap().rsplit(':').next().unwrap().to_string();

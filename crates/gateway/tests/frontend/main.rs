@@ -578,6 +578,7 @@ async fn setup_ingress(ingress: Ingress, default_uri_disabled: bool) -> (Harness
         backend: backend.clone(),
         ingress,
         default_uri_disabled,
+        invoker: Arc::new(AllowAll),
     });
     (Harness::start(vec![(HOST, r)], test_config()).await, backend, instance)
 }

@@ -302,6 +302,7 @@ pub fn route(service: &str, backend: Arc<FakeBackend>, timeout: Duration) -> Arc
         backend,
         ingress: runnel_model::service::Ingress::All,
         default_uri_disabled: false,
+        invoker: Arc::new(AllowAll),
     })
 }
 
@@ -404,4 +405,13 @@ pub async fn setup_with(instance: Instance, timeout: Duration, config: FrontendC
     let backend = FakeBackend::new("svc-00001-abc-x1", instance.dir());
     let harness = Harness::start(vec![(HOST, route("svc", backend.clone(), timeout))], config).await;
     Setup { harness, backend, instance }
+}
+
+/// An invoker check that admits everyone (these tests are about forwarding).
+pub struct AllowAll;
+
+impl runnel_gateway::Invoker for AllowAll {
+    fn check(&self, _route: &Route, _headers: &hyper::HeaderMap) -> runnel_gateway::InvokerCheck {
+        runnel_gateway::InvokerCheck::Allow { reason: runnel_policy::Reason::InvokerCheckDisabled, rewrite: None }
+    }
 }
