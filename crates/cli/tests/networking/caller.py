@@ -52,10 +52,40 @@ def tunnel(target, inner_host):
     return out
 
 
+METADATA = "http://169.254.169.254/computeMetadata/v1/instance/service-accounts/default/"
+
+
+def metadata(path):
+    req = urllib.request.Request(METADATA + path, headers={"Metadata-Flavor": "Google"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return r.read().decode()
+
+
+def invoke(url, kind, audience):
+    # Calls `url` with a token from the metadata server: an ID token for `audience`, an access
+    # token, or none.
+    headers = {}
+    try:
+        if kind == "id":
+            headers["Authorization"] = "Bearer " + metadata("identity?audience=" + urllib.parse.quote(audience, safe=""))
+        elif kind == "access":
+            headers["Authorization"] = "Bearer " + json.loads(metadata("token"))["access_token"]
+    except urllib.error.HTTPError as e:
+        return {"status": 0, "metadata_status": e.code, "body": e.read().decode(errors="replace")}
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10) as r:
+            return {"status": r.status, "body": r.read().decode(errors="replace"), "request_id": r.headers.get("X-Runnel-Request-Id")}
+    except urllib.error.HTTPError as e:
+        return {"status": e.code, "body": e.read().decode(errors="replace"), "request_id": e.headers.get("X-Runnel-Request-Id")}
+
+
 class Handler(BaseHTTPRequestHandler):
     def do_GET(self):
         q = urllib.parse.parse_qs(urllib.parse.urlparse(self.path).query)
-        if "url" in q:
+        if "invoke" in q:
+            url = q["invoke"][0]
+            result = invoke(url, q.get("token", ["id"])[0], q.get("aud", [url])[0])
+        elif "url" in q:
             result = fetch(q["url"][0], "proxy" in q)
         elif "tunnel" in q:
             result = tunnel(q["tunnel"][0], q.get("inner", [q["tunnel"][0].split(":")[0]])[0])

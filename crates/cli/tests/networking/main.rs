@@ -353,3 +353,102 @@ fn an_instance_cannot_use_the_proxy_to_reach_runnel_or_other_hosts() {
     let r = d.call_from("caller", &format!("tunnel={}&inner={}", q(&format!("{receiver}:80")), q(&other)));
     assert_eq!(r["inner"].as_str().unwrap().split(' ').nth(1), Some("421"), "{r}");
 }
+
+#[test]
+fn the_guide_service_account_invoker_binding_and_id_tokens() {
+    let d = Daemon::start("identity");
+    d.ok(&[
+        "run",
+        "deploy",
+        "receiver",
+        "--command=python3",
+        "--args=app.py",
+        "--ingress=internal",
+        "--no-allow-unauthenticated",
+    ]);
+    let receiver = d.url("receiver");
+    d.ok(&["compute", "networks", "create", "vpc"]);
+    d.ok(&[
+        "compute",
+        "networks",
+        "vpc-access",
+        "connectors",
+        "create",
+        "conn",
+        "--network=vpc",
+        "--range=10.8.0.0/28",
+    ]);
+    d.ok(&[
+        "run",
+        "deploy",
+        "caller",
+        "--command=python3",
+        "--args=app.py",
+        "--allow-unauthenticated",
+        "--vpc-connector=conn",
+        "--vpc-egress=all-traffic",
+    ]);
+    let invoke = |token: &str, aud: Option<&str>| {
+        let mut query = format!("invoke={}&token={token}", q(&receiver));
+        if let Some(aud) = aud {
+            query.push_str(&format!("&aud={}", q(aud)));
+        }
+        d.call_from("caller", &query)
+    };
+    let refused = |r: &Value, status: u64, reason: &str| {
+        assert_eq!(r["status"].as_u64(), Some(status), "{r}");
+        assert_eq!(d.reason_for(r["request_id"].as_str().unwrap()), reason, "{r}");
+    };
+
+    // The default compute account holds no role: 403.
+    refused(&invoke("id", None), 403, "iam.no_binding");
+    // No token: 403; an access token: 401; a token for another audience: 401.
+    refused(&invoke("none", None), 403, "token.missing");
+    refused(&invoke("access", None), 401, "token.access_token_not_id_token");
+    refused(&invoke("id", Some(&format!("{receiver}/path"))), 401, "token.audience_mismatch");
+
+    // A service account of its own, granted Cloud Run Invoker on the receiver: 200. The
+    // receiver gets the token without its signature.
+    d.ok(&["iam", "service-accounts", "create", "caller-sa"]);
+    let member = "serviceAccount:caller-sa@runnel-local.iam.gserviceaccount.com";
+    d.ok(&[
+        "run",
+        "services",
+        "add-iam-policy-binding",
+        "receiver",
+        &format!("--member={member}"),
+        "--role=roles/run.invoker",
+    ]);
+    d.ok(&["run", "deploy", "caller", "--service-account=caller-sa"]);
+    let r = invoke("id", None);
+    assert_eq!(r["status"], 200, "{r}");
+    // The URL with a trailing slash is an accepted audience too.
+    assert_eq!(invoke("id", Some(&format!("{receiver}/")))["status"], 200);
+
+    // The binding removed: refused on the very next request.
+    d.ok(&[
+        "run",
+        "services",
+        "remove-iam-policy-binding",
+        "receiver",
+        &format!("--member={member}"),
+        "--role=roles/run.invoker",
+    ]);
+    refused(&invoke("id", None), 403, "iam.no_binding");
+
+    // Granted again, then the account disabled: its cached token is refused at the frontend, and
+    // the metadata server issues no new one.
+    d.ok(&[
+        "run",
+        "services",
+        "add-iam-policy-binding",
+        "receiver",
+        &format!("--member={member}"),
+        "--role=roles/run.invoker",
+    ]);
+    assert_eq!(invoke("id", None)["status"], 200);
+    d.ok(&["iam", "service-accounts", "disable", "caller-sa@runnel-local.iam.gserviceaccount.com"]);
+    let r = invoke("id", None);
+    assert_eq!(r["metadata_status"], 403, "{r}");
+    assert!(r["body"].as_str().unwrap().contains("principal.disabled"), "{r}");
+}
