@@ -25,13 +25,14 @@ cat "$3/visible"; echo"#;
     // The scratch directory next to the home is visible: the home is gone because it is
     // hidden, not because the host view misses the tempdir.
     assert_eq!(
-        out.stdout, "ls home: 0\ncat secret: 1\ncat other: 1\nls instances: 2\nvisible from inside\n",
+        out.stdout, "ls home: 2\ncat secret: 1\ncat other: 1\nls instances: 2\nvisible from inside\n",
         "{out:#?}"
     );
     assert_eq!(
         out.stderr,
         format!(
-            "cat: {h}/secret: No such file or directory\ncat: {o}: No such file or directory\n\
+            "ls: cannot access '{h}': No such file or directory\n\
+             cat: {h}/secret: No such file or directory\ncat: {o}: No such file or directory\n\
              ls: cannot access '{h}/instances': No such file or directory\n",
             h = home.display(),
             o = world.other_secret().display()
@@ -41,13 +42,20 @@ cat "$3/visible"; echo"#;
 }
 
 #[test]
-fn a_hidden_file_reads_empty() {
+fn a_hidden_file_does_not_exist_and_its_neighbours_stay() {
     let world = World::new();
     let creds = world.scratch().join("credentials.json");
     world_readable(&creds, "{\"private_key\": \"hidden-key\"}");
-    let out = world.sh("a", r#"wc -c < "$1"; cat "$1""#).arg(creds.to_str().unwrap()).hide(creds.clone()).run();
+    let script = r#"cat "$1"; echo "cat: $?"; cat "$2/visible"; echo"#;
+    let out = world
+        .sh("a", script)
+        .arg(creds.to_str().unwrap())
+        .arg(world.scratch().to_str().unwrap())
+        .hide(creds.clone())
+        .run();
     out.assert_code(0);
-    assert_eq!(out.stdout, "0\n");
+    assert_eq!(out.stdout, "cat: 1\nvisible from inside\n");
+    assert_eq!(out.stderr, format!("cat: {}: No such file or directory\n", creds.display()));
 }
 
 #[test]

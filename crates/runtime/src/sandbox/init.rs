@@ -168,6 +168,16 @@ pub fn stage1_main(mode: Option<&str>, exe: &Path) -> ExitCode {
     if let Err(e) = enter_namespaces(spec.host_uid) {
         return fail("namespaces", e);
     }
+    // Changing uid cancels the death signal (prctl(2)): ask again, then make sure the daemon did
+    // not die in between.
+    if let Err(e) = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL) {
+        return fail("die with the daemon", e);
+    }
+    if let Some(ppid) = spec.parent_pid
+        && u32::try_from(nix::unistd::getppid().as_raw()).ok() != Some(ppid)
+    {
+        return fail("parent", "the daemon that started this sandbox is gone");
+    }
     if let Err(e) = sethostname(&spec.hostname) {
         return fail("hostname", e);
     }

@@ -78,8 +78,10 @@ fn remount_read_only_below(root: &Path, real_root: &Path) -> R {
         let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | locked_flags(fields[5]);
         // A mount the host hid from this namespace (locked) or a vanished one can refuse;
         // read-only is the point, so a refusal for a mount that is already read-only is fine.
+        // A mount under a hidden path is covered and unreachable (ENOENT): nothing to do.
         if let Err(e) = m(None, &point, None, flags, None)
             && !fields[5].split(',').any(|o| o == "ro")
+            && point.exists()
         {
             return Err(e);
         }
@@ -93,6 +95,56 @@ fn touch(p: &Path) -> R {
 
 fn mkdir(p: &Path) -> R {
     fs::create_dir_all(p).map_err(|e| format!("create {}: {e}", p.display()))
+}
+
+/// Makes each hidden path not exist inside: its parent directory is replaced by a tmpfs that
+/// holds every other entry of the host's directory (bound back, with their own mounts), and
+/// nothing of the hidden one. A path under another hidden path, or one the sandbox could not
+/// see anyway (an unreadable parent, a replaced top-level directory), needs nothing.
+fn hide(root: &Path, hidden: &[PathBuf]) -> R {
+    use std::collections::{BTreeMap, BTreeSet};
+    let mut parents: BTreeMap<PathBuf, BTreeSet<std::ffi::OsString>> = BTreeMap::new();
+    for h in hidden {
+        let (Some(parent), Some(name)) = (h.parent(), h.file_name()) else { continue };
+        if parent == Path::new("/") || hidden.iter().any(|other| other != h && h.starts_with(other)) {
+            continue; // top-level names are left out of the root; nested ones go with their ancestor
+        }
+        if fs::symlink_metadata(h).is_err() {
+            continue;
+        }
+        parents.entry(parent.to_path_buf()).or_default().insert(name.to_os_string());
+    }
+    for (parent, names) in parents {
+        let Ok(rel) = parent.strip_prefix("/") else { continue };
+        let inside = root.join(rel);
+        let Ok(entries) = fs::read_dir(&parent) else { continue };
+        if !inside.is_dir() {
+            continue;
+        }
+        let entries: Vec<_> = entries.flatten().collect();
+        m(Some(Path::new("tmpfs")), &inside, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=0755"))?;
+        for entry in entries {
+            let name = entry.file_name();
+            if names.contains(&name) {
+                continue;
+            }
+            let host = parent.join(&name);
+            let target = inside.join(&name);
+            let Ok(meta) = fs::symlink_metadata(&host) else { continue };
+            if meta.file_type().is_symlink() {
+                if let Ok(to) = fs::read_link(&host) {
+                    symlink(&to, &target).map_err(|e| format!("symlink {}: {e}", target.display()))?;
+                }
+            } else if meta.is_dir() {
+                mkdir(&target)?;
+                m(Some(&host), &target, None, MsFlags::MS_BIND | MsFlags::MS_REC, None)?;
+            } else {
+                touch(&target)?;
+                m(Some(&host), &target, None, MsFlags::MS_BIND, None)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Builds the new root under `spec.dir/root` and pivots into it. Runs in stage 2, PID 1 of
@@ -110,7 +162,7 @@ pub fn build_root(spec: &SandboxSpec) -> R {
     for entry in entries.flatten() {
         let name = entry.file_name();
         let Some(name_str) = name.to_str() else { continue };
-        if REPLACED.contains(&name_str) {
+        if REPLACED.contains(&name_str) || spec.hide.iter().any(|h| h == &Path::new("/").join(&name)) {
             continue;
         }
         let host = Path::new("/").join(&name);
@@ -128,24 +180,8 @@ pub fn build_root(spec: &SandboxSpec) -> R {
             m(Some(&host), &inside, None, MsFlags::MS_BIND | MsFlags::MS_REC, None)?;
         }
     }
+    hide(&root, &spec.hide)?;
     remount_read_only_below(&root, &real_root)?;
-
-    // Hide what the instance must not see: an empty read-only tmpfs over each directory.
-    for hidden in &spec.hide {
-        let Ok(rel) = hidden.strip_prefix("/") else { continue };
-        let inside = root.join(rel);
-        match fs::symlink_metadata(&inside) {
-            Ok(meta) if meta.is_dir() => m(
-                Some(Path::new("tmpfs")),
-                &inside,
-                Some("tmpfs"),
-                MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-                Some("size=4k,mode=0555"),
-            )?,
-            Ok(meta) if meta.is_file() => m(Some(Path::new("/dev/null")), &inside, None, MsFlags::MS_BIND, None)?,
-            _ => {}
-        }
-    }
 
     // Fresh /proc for the new PID namespace.
     let proc_dir = root.join("proc");
