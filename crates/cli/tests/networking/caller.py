@@ -8,7 +8,7 @@ def via_proxy(url):
     # Straight to the egress proxy, as a hostile program would, whatever NO_PROXY says.
     host = urllib.parse.urlparse(url).netloc
     s = socket.create_connection(("127.0.0.1", 3128), timeout=10)
-    s.sendall(f"GET {url} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+    s.sendall(f"GET {url} HTTP/1.1\r\nHost: {host}\r\nProxy-Authorization: Basic c2VjcmV0\r\nConnection: close\r\n\r\n".encode())
     data = b""
     while True:
         chunk = s.recv(65536)
@@ -94,6 +94,7 @@ class Handler(BaseHTTPRequestHandler):
                 "service": os.environ.get("K_SERVICE"),
                 "xff": self.headers.get("X-Forwarded-For"),
                 "host": self.headers.get("Host"),
+                "proxy_authorization": self.headers.get("Proxy-Authorization"),
             }
         body = json.dumps(result).encode()
         self.send_response(200)

@@ -339,6 +339,12 @@ fn an_instance_cannot_use_the_proxy_to_reach_runnel_or_other_hosts() {
         let r = d.call_from("caller", &format!("url={}", q(&url)));
         assert_ne!(r["status"], 200, "{url} reached directly: {r}");
     }
+    // Straight to the proxy with Proxy-Authorization: the service is reached, the credential not.
+    let r = d.call_from("caller", &format!("proxy=1&url={}", q(&d.url("receiver"))));
+    assert_eq!(r["status"], 200, "{r}");
+    let seen: Value = serde_json::from_str(r["body"].as_str().unwrap()).unwrap();
+    assert_eq!(seen["proxy_authorization"], Value::Null, "{seen}");
+
     // A name runnel does not know resolves to nothing.
     let r = d.call_from("caller", &format!("url={}", q("http://localhost:1/")));
     assert_eq!(r["status"], 403, "{r}");
@@ -451,4 +457,58 @@ fn the_guide_service_account_invoker_binding_and_id_tokens() {
     let r = invoke("id", None);
     assert_eq!(r["metadata_status"], 403, "{r}");
     assert!(r["body"].as_str().unwrap().contains("principal.disabled"), "{r}");
+}
+
+#[test]
+fn direct_vpc_egress_follows_the_subnets_private_google_access() {
+    let d = Daemon::start("direct");
+    d.ok(&[
+        "run",
+        "deploy",
+        "receiver",
+        "--command=python3",
+        "--args=app.py",
+        "--ingress=internal",
+        "--allow-unauthenticated",
+    ]);
+    let receiver = d.url("receiver");
+    d.ok(&["compute", "networks", "create", "vpc"]);
+    d.ok(&["compute", "networks", "subnets", "create", "closed", "--network=vpc", "--range=10.1.0.0/24"]);
+    d.ok(&[
+        "compute",
+        "networks",
+        "subnets",
+        "create",
+        "open",
+        "--network=vpc",
+        "--range=10.2.0.0/24",
+        "--enable-private-ip-google-access",
+    ]);
+
+    // all-traffic from a subnet without Private Google Access: the proxy refuses, saying why.
+    d.ok(&[
+        "run",
+        "deploy",
+        "caller",
+        "--command=python3",
+        "--args=app.py",
+        "--allow-unauthenticated",
+        "--network=vpc",
+        "--subnet=closed",
+        "--vpc-egress=all-traffic",
+    ]);
+    let r = d.call_from("caller", &format!("url={}", q(&receiver)));
+    assert_eq!(r["status"], 403, "{r}");
+    assert!(r["body"].as_str().unwrap().contains("egress.no_private_google_access"), "{r}");
+
+    // From a subnet with it, the call is internal; the change is a deploy of the caller only.
+    d.ok(&["run", "deploy", "caller", "--subnet=open"]);
+    let r = d.call_from("caller", &format!("url={}", q(&receiver)));
+    assert_eq!(r["status"], 200, "{r}");
+
+    // Back to no VPC access: the receiver refuses it again.
+    d.ok(&["run", "deploy", "caller", "--clear-network"]);
+    let r = d.call_from("caller", &format!("url={}", q(&receiver)));
+    assert_eq!(r["status"], 404, "{r}");
+    assert_eq!(d.reason_for(r["request_id"].as_str().unwrap()), "ingress.internal_only.from_internet");
 }
