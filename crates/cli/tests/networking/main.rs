@@ -45,7 +45,8 @@ fn world_readable(p: &Path) {
 
 impl Daemon {
     fn start(name: &str) -> Daemon {
-        let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("net-{name}-{}", std::process::id()));
+        let base = test_base();
+        let root = base.join(format!("net-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
         let home = root.join("h");
         let apps = root.join("apps");
@@ -53,10 +54,10 @@ impl Daemon {
         std::fs::copy(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/networking/caller.py"), apps.join("app.py")).unwrap();
         // Every path component down to the apps must be traversable by an instance's uid.
         let mut p = apps.clone();
-        while p.pop() && p.starts_with(env!("CARGO_TARGET_TMPDIR")) {
+        while p.pop() && p.starts_with(&base) {
             let _ = Command::new("chmod").arg("a+x").arg(&p).status();
         }
-        let _ = Command::new("chmod").arg("a+x").arg(env!("CARGO_TARGET_TMPDIR")).status();
+        let _ = Command::new("chmod").arg("a+x").arg(&base).status();
         world_readable(&apps);
         let log = root.join("daemon.log");
         let child = Command::new(BIN)
@@ -511,4 +512,12 @@ fn direct_vpc_egress_follows_the_subnets_private_google_access() {
     let r = d.call_from("caller", &format!("url={}", q(&receiver)));
     assert_eq!(r["status"], 404, "{r}");
     assert_eq!(d.reason_for(r["request_id"].as_str().unwrap()), "ingress.internal_only.from_internet");
+}
+
+/// Where test directories live. Not under `/tmp`, which every sandbox replaces with its own:
+/// when the target directory is there (a clone in `/tmp`, `CARGO_TARGET_DIR=/tmp/…`), tests use
+/// `/var/tmp/runnel-tests` instead, so instances can still reach their apps.
+fn test_base() -> std::path::PathBuf {
+    let target = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    if target.starts_with("/tmp") { std::path::PathBuf::from("/var/tmp/runnel-tests") } else { target }
 }

@@ -71,7 +71,8 @@ pub struct Start<'a> {
 
 impl World {
     pub fn new() -> World {
-        let base = Path::new(env!("CARGO_TARGET_TMPDIR"));
+        let base = test_base();
+        let base = base.as_path();
         fs::create_dir_all(base).expect("the target tmpdir");
         let dir = tempfile::Builder::new().prefix("rn-").tempdir_in(base).expect("a test directory");
         chmod(dir.path(), 0o755);
@@ -499,4 +500,12 @@ pub fn eventually<T>(what: &str, within: Duration, mut f: impl FnMut() -> Option
         }
         std::thread::sleep(Duration::from_millis(25));
     }
+}
+
+/// Where test directories live. Not under `/tmp`, which every sandbox replaces with its own:
+/// when the target directory is there (a clone in `/tmp`, `CARGO_TARGET_DIR=/tmp/…`), tests use
+/// `/var/tmp/runnel-tests` instead, so instances can still reach their apps.
+pub fn test_base() -> std::path::PathBuf {
+    let target = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    if target.starts_with("/tmp") { std::path::PathBuf::from("/var/tmp/runnel-tests") } else { target }
 }

@@ -123,7 +123,8 @@ pub struct World {
 
 impl World {
     pub fn new() -> World {
-        let base = Path::new(env!("CARGO_TARGET_TMPDIR"));
+        let base = test_base();
+        let base = base.as_path();
         fs::create_dir_all(base).expect("target tmpdir");
         let dir = tempfile::Builder::new().prefix("runnel-sandbox-").tempdir_in(base).expect("a temporary directory");
         chmod(dir.path(), 0o755);
@@ -510,4 +511,12 @@ pub fn free_port() -> u16 {
 pub fn world_readable(path: &Path, contents: &str) {
     fs::write(path, contents).expect("write file");
     chmod(path, 0o644);
+}
+
+/// Where test directories live. Not under `/tmp`, which every sandbox replaces with its own:
+/// when the target directory is there (a clone in `/tmp`, `CARGO_TARGET_DIR=/tmp/…`), tests use
+/// `/var/tmp/runnel-tests` instead, so instances can still reach their apps.
+pub fn test_base() -> std::path::PathBuf {
+    let target = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    if target.starts_with("/tmp") { std::path::PathBuf::from("/var/tmp/runnel-tests") } else { target }
 }
