@@ -427,6 +427,74 @@ pub struct InvokerGate {
     pub keys: Arc<runnel_identity::Keys>,
     pub cache: Arc<runnel_identity::VerifyCache>,
     pub issuer: String,
+    pub state: StateCache,
+}
+
+/// What the invoker check reads from the store, kept between requests until the next commit.
+///
+/// Every committed write bumps the control plane's change counter before the API acknowledges
+/// it, and an entry is only used while the counter is where it was when the entry was read. So
+/// a change a client was told about (a removed binding, a disabled account) takes effect on the
+/// very next request, and requests in between skip the store.
+pub struct StateCache {
+    version: tokio::sync::watch::Receiver<u64>,
+    inner: std::sync::Mutex<Snapshot>,
+}
+
+#[derive(Default)]
+struct Snapshot {
+    version: u64,
+    facts: HashMap<(String, String), Option<Arc<runnel_api::InvokerFacts>>>,
+    accounts: HashMap<String, Option<Arc<runnel_model::service_account::ServiceAccount>>>,
+}
+
+impl StateCache {
+    pub fn new(cp: &ControlPlane) -> Self {
+        Self { version: cp.subscribe(), inner: std::sync::Mutex::new(Snapshot::default()) }
+    }
+
+    /// The snapshot for the current version, emptied when the store changed.
+    fn current(&self) -> Option<std::sync::MutexGuard<'_, Snapshot>> {
+        let version = *self.version.borrow();
+        let mut snap = self.inner.lock().ok()?;
+        if snap.version != version {
+            *snap = Snapshot { version, ..Snapshot::default() };
+        }
+        Some(snap)
+    }
+
+    fn facts(&self, cp: &ControlPlane, region: &str, service: &str) -> Option<Arc<runnel_api::InvokerFacts>> {
+        let key = (region.to_string(), service.to_string());
+        if let Some(hit) = self.current().and_then(|s| s.facts.get(&key).cloned()) {
+            return hit;
+        }
+        let version = *self.version.borrow();
+        let read = cp.invoker_facts(region, service).ok()?.map(Arc::new);
+        if let Some(mut snap) = self.current()
+            && snap.version == version
+        {
+            snap.facts.insert(key, read.clone());
+        }
+        read
+    }
+
+    fn account(
+        &self,
+        cp: &ControlPlane,
+        unique_id: &str,
+    ) -> Option<Arc<runnel_model::service_account::ServiceAccount>> {
+        if let Some(hit) = self.current().and_then(|s| s.accounts.get(unique_id).cloned()) {
+            return hit;
+        }
+        let version = *self.version.borrow();
+        let read = cp.account_by_unique_id(unique_id).ok()?.map(Arc::new);
+        if let Some(mut snap) = self.current()
+            && snap.version == version
+        {
+            snap.accounts.insert(unique_id.to_string(), read.clone());
+        }
+        read
+    }
 }
 
 const SKEW: u64 = 300;
@@ -440,8 +508,8 @@ impl runnel_gateway::Invoker for InvokerGate {
         use runnel_gateway::InvokerCheck;
         use runnel_policy::Reason;
         use runnel_policy::iam::{self, Principal, Scope};
-        let facts = match self.cp.invoker_facts(&route.region, &route.service) {
-            Ok(Some(f)) => f,
+        let facts = match self.state.facts(&self.cp, &route.region, &route.service) {
+            Some(f) => f,
             // The service vanished or the store failed: refuse rather than guess.
             _ => return deny(403, Reason::IamNoBinding, vec!["the service's policy could not be read".into()]),
         };
@@ -493,8 +561,8 @@ impl runnel_gateway::Invoker for InvokerGate {
             Ok(c) => c,
             Err(refusal) => return deny(401, refusal.reason, vec![refusal.detail]),
         };
-        let account = match self.cp.account_by_unique_id(&claims.sub) {
-            Ok(Some(a)) => a,
+        let account = match self.state.account(&self.cp, &claims.sub) {
+            Some(a) => a,
             _ => {
                 return deny(
                     403,

@@ -150,6 +150,7 @@ pub async fn up(home_dir: &Path, args: Up) -> Result<()> {
             keys: keys.clone(),
             cache: Arc::new(runnel_identity::VerifyCache::default()),
             issuer: issuer.clone(),
+            state: crate::node::StateCache::new(&cp),
         });
         frontend_addr = Some(listener.local_addr()?);
         let instances_dir = home_dir.join("i");
