@@ -521,3 +521,78 @@ fn test_base() -> std::path::PathBuf {
     let target = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
     if target.starts_with("/tmp") { std::path::PathBuf::from("/var/tmp/runnel-tests") } else { target }
 }
+
+/// Where scripts/install-deps puts google-auth and requests for instances to read.
+const PYDEPS: &str = "/var/lib/runnel-test-python";
+
+#[test]
+fn the_guides_python_code_runs_unmodified_in_a_calling_service() {
+    let d = Daemon::start("guide-python");
+    let example = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/internal-only/python"));
+    for f in ["guide.py", "server.py"] {
+        std::fs::copy(example.join(f), d.apps.join(f)).unwrap();
+    }
+    world_readable(&d.apps);
+    assert!(
+        Path::new(PYDEPS).join("google/oauth2/id_token.py").exists(),
+        "google-auth is not installed in {PYDEPS}; run scripts/install-deps"
+    );
+
+    // The guide's setup: an internal receiver without public access, a connector, a service
+    // account granted Cloud Run Invoker, and the caller running as it with all-traffic egress.
+    d.ok(&[
+        "run",
+        "deploy",
+        "receiver",
+        "--command=python3",
+        "--args=app.py",
+        "--ingress=internal",
+        "--no-allow-unauthenticated",
+    ]);
+    let receiver = d.url("receiver");
+    d.ok(&["compute", "networks", "create", "vpc"]);
+    d.ok(&[
+        "compute",
+        "networks",
+        "vpc-access",
+        "connectors",
+        "create",
+        "conn",
+        "--network=vpc",
+        "--range=10.8.0.0/28",
+    ]);
+    d.ok(&["iam", "service-accounts", "create", "caller-sa"]);
+    let env = format!("RECEIVING_SERVICE_URL={receiver},PYTHONPATH={PYDEPS}");
+    d.ok(&[
+        "run",
+        "deploy",
+        "caller",
+        "--command=python3",
+        "--args=server.py",
+        &format!("--set-env-vars={env}"),
+        "--allow-unauthenticated",
+        "--vpc-connector=conn",
+        "--vpc-egress=all-traffic",
+        "--service-account=caller-sa",
+    ]);
+    let caller = d.host("caller");
+
+    // Without the binding, the guide's function gets 403 and returns None.
+    let (status, _, body) = d.get(&caller, "/");
+    assert_eq!(status, 502, "{body}");
+
+    d.ok(&[
+        "run",
+        "services",
+        "add-iam-policy-binding",
+        "receiver",
+        "--member=serviceAccount:caller-sa@runnel-local.iam.gserviceaccount.com",
+        "--role=roles/run.invoker",
+    ]);
+    let (status, _, body) = d.get(&caller, "/");
+    assert_eq!(status, 200, "{body}");
+    let answer: Value =
+        serde_json::from_str(&body).unwrap_or_else(|_| panic!("the receiver's answer is not JSON: {body}"));
+    assert_eq!(answer["service"], "receiver", "{answer}");
+    assert_eq!(answer["xff"], "10.8.0.2", "the call went through the connector: {answer}");
+}
