@@ -264,4 +264,51 @@ impl ControlPlane {
             Ok(json!({ "permissions": held }))
         })
     }
+
+    /// An ID token for a service account, for a caller holding `iam.serviceAccounts.getOpenIdToken`
+    /// on it (IAM Credentials' `generateIdToken`).
+    pub fn generate_account_id_token(
+        &self,
+        caller: &Principal,
+        project: &str,
+        id: &str,
+        audience: &str,
+    ) -> ApiResult<Value> {
+        self.check_project(project)?;
+        let acct = self.read(|r| self.account_for(r, caller, id, "iam.serviceAccounts.getOpenIdToken"))?;
+        if acct.disabled {
+            return Err(ApiError::failed_precondition(format!(
+                "service account `{}` is disabled, so it gets no tokens; enable it with `runnel iam service-accounts enable {}`",
+                acct.email, acct.email
+            )));
+        }
+        self.mint(&acct.unique_id, &acct.email, audience)
+    }
+
+    /// An ID token for the calling person (`runnel auth print-identity-token`): `sub` and `email`
+    /// are the user's email.
+    pub fn generate_user_id_token(&self, caller: &Principal, project: &str, audience: &str) -> ApiResult<Value> {
+        self.check_project(project)?;
+        match caller {
+            Principal::User { email } => self.mint(email, email, audience),
+            _ => Err(ApiError::invalid(
+                "only people (`user:` principals) get their own ID tokens here; service accounts get theirs from the metadata server",
+            )),
+        }
+    }
+
+    fn mint(&self, subject: &str, email: &str, audience: &str) -> ApiResult<Value> {
+        if audience.trim().is_empty() {
+            return Err(ApiError::invalid(
+                "the token needs an audience: the URL of the service to call, such as `--audiences=http://SERVICE-NUMBER.REGION.run.localhost:7781`",
+            ));
+        }
+        let issuer = self.tokens.as_ref().ok_or_else(|| {
+            ApiError::failed_precondition(
+                "this daemon runs only the control plane (`--role=control-plane`) and mints no tokens",
+            )
+        })?;
+        let token = issuer.id_token(subject, email, audience).map_err(ApiError::internal)?;
+        Ok(json!({ "token": token }))
+    }
 }

@@ -22,7 +22,7 @@ mod serving;
 
 pub use auth::new_secret;
 pub use error::{ApiError, ApiResult};
-pub use plane::{ControlPlane, LogReader, Project, Settings};
+pub use plane::{ControlPlane, LogReader, Project, Settings, TokenIssuer};
 pub use projects::{Bootstrap, bootstrap};
 pub use routes::app;
 pub use serving::{Desired, InvokerFacts, Outcome};

@@ -39,6 +39,13 @@ pub struct ControlPlane {
     /// Counts committed writes, so the daemon's reconciler wakes on every change.
     pub(crate) changes: tokio::sync::watch::Sender<u64>,
     pub(crate) logs: Option<Arc<dyn LogReader>>,
+    pub(crate) tokens: Option<Arc<dyn TokenIssuer>>,
+}
+
+/// Mints ID tokens for the API's `generateIdToken` methods; the daemon provides it.
+pub trait TokenIssuer: Send + Sync + 'static {
+    /// An RS256 ID token for `audience`, with `sub` = `subject` and `email` = `email`.
+    fn id_token(&self, subject: &str, email: &str, audience: &str) -> Result<String, String>;
 }
 
 /// Reads a service's logs for the API; the daemon provides it.
@@ -118,7 +125,15 @@ pub(crate) struct Target<'a> {
 
 impl ControlPlane {
     pub fn new(store: Arc<dyn Store>, project: Project, settings: Settings) -> Self {
-        Self { store, project, settings, runtime: false, changes: tokio::sync::watch::channel(0).0, logs: None }
+        Self {
+            store,
+            project,
+            settings,
+            runtime: false,
+            changes: tokio::sync::watch::channel(0).0,
+            logs: None,
+            tokens: None,
+        }
     }
 
     /// Makes readiness come from running instances (see [`ControlPlane::report`]) and gives
@@ -126,6 +141,12 @@ impl ControlPlane {
     pub fn with_runtime(mut self, logs: Arc<dyn LogReader>) -> Self {
         self.runtime = true;
         self.logs = Some(logs);
+        self
+    }
+
+    /// Lets the API mint ID tokens (`runnel auth print-identity-token`).
+    pub fn with_tokens(mut self, tokens: Arc<dyn TokenIssuer>) -> Self {
+        self.tokens = Some(tokens);
         self
     }
 

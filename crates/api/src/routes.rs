@@ -53,6 +53,7 @@ pub fn app(cp: Arc<ControlPlane>) -> Router {
         .route("/compute/v1/projects/{p}/regions/{r}/endpoints/{e}", get(get_endpoint).delete(delete_endpoint))
         .route("/runnel/v1/projects/{p}/locations/{l}/services/{s}/logs", get(read_logs))
         .route("/runnel/v1/projects/{p}/refusals", get(read_refusals))
+        .route("/runnel/v1/projects/{p}/idToken", axum::routing::post(user_id_token))
         .route("/runnel/v1/projects/{p}/credentials", get(list_credentials).post(create_credential))
         .route("/runnel/v1/projects/{p}/credentials/{c}", axum::routing::delete(delete_credential))
         .fallback(|method: Method, uri: axum::http::Uri| async move {
@@ -341,6 +342,13 @@ async fn account_post(State(cp): Cp, Caller(who): Caller, Path((p, a)): Path<(St
     let a = a.to_string();
     match verb {
         Some("disable") => json(run(cp, move |cp| cp.set_account_disabled(&who, &p, &a, true)).await),
+        Some("generateIdToken") => json(
+            async {
+                let req: IdTokenRequest = body(&b)?;
+                run(cp, move |cp| cp.generate_account_id_token(&who, &p, &a, &req.audience)).await
+            }
+            .await,
+        ),
         Some("enable") => json(run(cp, move |cp| cp.set_account_disabled(&who, &p, &a, false)).await),
         verb => iam_verb(cp, who, IamResource::Account { project: p, account: a }, verb.unwrap_or_default(), &b).await,
     }
@@ -433,6 +441,26 @@ async fn delete_subnet(
     Path((p, r, s)): Path<(String, String, String)>,
 ) -> Response {
     json(run(cp, move |cp| cp.delete_subnet(&who, &p, &r, &s)).await)
+}
+
+/// The body of `generateIdToken`.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct IdTokenRequest {
+    #[serde(default)]
+    audience: String,
+    #[serde(default, rename = "includeEmail")]
+    _include_email: Option<bool>,
+}
+
+async fn user_id_token(State(cp): Cp, Caller(who): Caller, Path(p): Path<String>, b: Bytes) -> Response {
+    json(
+        async {
+            let req: IdTokenRequest = body(&b)?;
+            run(cp, move |cp| cp.generate_user_id_token(&who, &p, &req.audience)).await
+        }
+        .await,
+    )
 }
 
 async fn read_refusals(State(cp): Cp, Caller(who): Caller, Path(p): Path<String>, Query(q): Q) -> Response {

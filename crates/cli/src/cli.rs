@@ -548,6 +548,18 @@ pub enum AuthCmd {
     /// API credentials for user principals.
     #[command(subcommand)]
     Credentials(CredentialsCmd),
+    /// Print an ID token for you, or for a service account you may impersonate.
+    #[command(
+        after_help = "Examples:\n  curl -H \"Authorization: Bearer $(runnel auth print-identity-token --audiences=http://receiver-NUMBER.local1.run.localhost:7781)\" http://receiver-NUMBER.local1.run.localhost:7781/\n  runnel auth print-identity-token --audiences=URL --impersonate-service-account=caller@PROJECT.iam.gserviceaccount.com"
+    )]
+    PrintIdentityToken {
+        /// The audience: the URL of the service the token is for.
+        #[arg(long)]
+        audiences: String,
+        /// A service account to get the token for (needs iam.serviceAccounts.getOpenIdToken on it).
+        #[arg(long)]
+        impersonate_service_account: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

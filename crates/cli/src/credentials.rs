@@ -9,7 +9,27 @@ use crate::home::write_private;
 use crate::output::{Column, Format, last, print_list, s};
 
 pub async fn auth(client: &Client, format: Format, cmd: AuthCmd) -> Result<()> {
-    let AuthCmd::Credentials(cmd) = cmd;
+    let cmd = match cmd {
+        AuthCmd::Credentials(c) => c,
+        AuthCmd::PrintIdentityToken { audiences, impersonate_service_account } => {
+            let body = serde_json::json!({ "audience": audiences });
+            let v = match impersonate_service_account {
+                Some(sa) => {
+                    let email =
+                        if sa.contains('@') { sa } else { format!("{sa}@{}.iam.gserviceaccount.com", client.project) };
+                    client
+                        .post(
+                            &format!("/v1/projects/{}/serviceAccounts/{email}:generateIdToken", client.project),
+                            &body,
+                        )
+                        .await?
+                }
+                None => client.post(&format!("/runnel/v1/projects/{}/idToken", client.project), &body).await?,
+            };
+            println!("{}", s(&v["token"]));
+            return Ok(());
+        }
+    };
     let base = format!("/runnel/v1/projects/{}/credentials", client.project);
     match cmd {
         CredentialsCmd::Create { member, description, output_file } => {

@@ -561,6 +561,22 @@ impl runnel_gateway::Invoker for InvokerGate {
             Ok(c) => c,
             Err(refusal) => return deny(401, refusal.reason, vec![refusal.detail]),
         };
+        // A person's token (`runnel auth print-identity-token`): its subject is the user's email,
+        // where a service account's is its numeric unique id.
+        if claims.sub.contains('@') {
+            if claims.email.as_deref() != Some(claims.sub.as_str()) {
+                return deny(401, Reason::TokenMalformed, vec!["a user token's subject and email differ".into()]);
+            }
+            let principal = Principal::User { email: claims.sub.clone() };
+            let decision = iam::check(&principal, "run.routes.invoke", &scopes);
+            if !decision.allowed {
+                return deny(403, decision.reason, decision.trace);
+            }
+            let stripped =
+                token.rsplit_once('.').map(|(signed, _)| format!("Bearer {signed}.SIGNATURE_REMOVED_BY_GOOGLE"));
+            let rewrite = stripped.and_then(|s| hyper::header::HeaderValue::from_str(&s).ok()).map(|v| (name, v));
+            return InvokerCheck::Allow { reason: Reason::IamGranted, rewrite };
+        }
         let account = match self.state.account(&self.cp, &claims.sub) {
             Some(a) => a,
             _ => {
@@ -655,5 +671,18 @@ impl MetadataChannel {
         Ok(tokio::spawn(async move {
             let _ = axum::serve(listener, router).await;
         }))
+    }
+}
+
+/// The API's `generateIdToken`, backed by the same minter as the metadata servers.
+pub struct Tokens(pub Arc<runnel_identity::Minter>);
+
+impl runnel_api::TokenIssuer for Tokens {
+    fn id_token(&self, subject: &str, email: &str, audience: &str) -> Result<String, String> {
+        let account = runnel_identity::Account { unique_id: subject.to_string(), email: email.to_string() };
+        self.0
+            .id_token(&account, audience, runnel_identity::Format::Standard, runnel_identity::unix_now())
+            .map(|t| t.token.to_string())
+            .map_err(|e| e.to_string())
     }
 }

@@ -108,14 +108,25 @@ pub async fn up(home_dir: &Path, args: Up) -> Result<()> {
     let mut cp = runnel_api::bootstrap(Arc::new(store), &boot, settings).map_err(|e| anyhow!("{}", e.message))?;
     let logs = Arc::new(LogStore::new(home_dir.join("logs"), 8 * 1024 * 1024));
     let sink = Arc::new(Logs::new(logs.clone()));
+    let api = bind(&args.api_address, "--api-address").await?;
+    let api_addr = api.local_addr()?;
+
+    // Identity, on a node: signing keys (0600, rotated), the minter behind every metadata server
+    // and the API's generateIdToken, and the keys' publication. The issuer is this API.
+    let issuer = format!("http://{api_addr}");
+    let mut identity = None;
     if node {
-        cp = cp.with_runtime(sink.clone());
+        let keys_dir = home_dir.join("keys");
+        let keys = Arc::new(
+            runnel_identity::Keys::open(&keys_dir, runnel_identity::KeyPolicy::default(), runnel_identity::unix_now())
+                .map_err(|e| anyhow!("cannot open the signing keys in {}: {e}", keys_dir.display()))?,
+        );
+        let minter = Arc::new(runnel_identity::Minter::new(keys.clone(), issuer.clone()));
+        cp = cp.with_runtime(sink.clone()).with_tokens(Arc::new(crate::node::Tokens(minter.clone())));
+        identity = Some((keys, minter));
     }
     let cp = Arc::new(cp);
     let project = cp.project().clone();
-
-    let api = bind(&args.api_address, "--api-address").await?;
-    let api_addr = api.local_addr()?;
 
     // The node: instances and the frontend.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -123,15 +134,7 @@ pub async fn up(home_dir: &Path, args: Up) -> Result<()> {
     let mut frontend_task = None;
     let mut frontend_addr = None;
     let mut published = None;
-    if let Some(listener) = frontend {
-        // Identity: signing keys (0600, rotated), the minter behind every metadata server, and
-        // the verified-token cache of the frontend's invoker check. The issuer is this API.
-        let issuer = format!("http://{api_addr}");
-        let keys_dir = home_dir.join("keys");
-        let keys = Arc::new(
-            runnel_identity::Keys::open(&keys_dir, runnel_identity::KeyPolicy::default(), runnel_identity::unix_now())
-                .map_err(|e| anyhow!("cannot open the signing keys in {}: {e}", keys_dir.display()))?,
-        );
+    if let (Some(listener), Some((keys, minter))) = (frontend, identity) {
         let rotating = keys.clone();
         tokio::spawn(async move {
             loop {
@@ -143,7 +146,6 @@ pub async fn up(home_dir: &Path, args: Up) -> Result<()> {
                 }
             }
         });
-        let minter = Arc::new(runnel_identity::Minter::new(keys.clone(), issuer.clone()));
         published = Some(runnel_identity::publish::router(keys.clone(), &issuer));
         let invoker: Arc<dyn runnel_gateway::Invoker> = Arc::new(InvokerGate {
             cp: cp.clone(),

@@ -596,3 +596,90 @@ fn the_guides_python_code_runs_unmodified_in_a_calling_service() {
     assert_eq!(answer["service"], "receiver", "{answer}");
     assert_eq!(answer["xff"], "10.8.0.2", "the call went through the connector: {answer}");
 }
+
+#[test]
+fn people_call_private_services_with_print_identity_token() {
+    let d = Daemon::start("people");
+    d.ok(&["run", "deploy", "receiver", "--command=python3", "--args=app.py", "--no-allow-unauthenticated"]);
+    let url = d.url("receiver");
+    let host = d.host("receiver");
+    let call = |token: Option<&str>| {
+        let mut s = TcpStream::connect(&d.frontend).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+        write!(s, "GET / HTTP/1.1\r\nHost: {host}\r\n{auth}Connection: close\r\n\r\n").unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        let status: u16 = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+        let id = text
+            .lines()
+            .find_map(|l| l.to_ascii_lowercase().strip_prefix("x-runnel-request-id: ").map(|v| v.trim().to_string()));
+        (status, id)
+    };
+
+    // No token: 403; the owner's token for the service: 200; for another audience: 401.
+    let (status, id) = call(None);
+    assert_eq!(status, 403);
+    assert_eq!(d.reason_for(&id.unwrap()), "token.missing");
+    let owner = d.ok(&["auth", "print-identity-token", &format!("--audiences={url}")]);
+    assert_eq!(call(Some(owner.trim())).0, 200);
+    let elsewhere = d.ok(&["auth", "print-identity-token", "--audiences=http://other.example"]);
+    let (status, id) = call(Some(elsewhere.trim()));
+    assert_eq!(status, 401);
+    assert_eq!(d.reason_for(&id.unwrap()), "token.audience_mismatch");
+
+    // A person without a role is refused; impersonating a service account needs permission.
+    let alice_file = d.apps.parent().unwrap().join("alice.credential");
+    d.ok(&[
+        "auth",
+        "credentials",
+        "create",
+        "--member=user:alice@example.com",
+        &format!("--output-file={}", alice_file.display()),
+    ]);
+    let alice = |args: &[&str]| {
+        let mut all = vec!["--credential-file", alice_file.to_str().unwrap()];
+        all.extend_from_slice(args);
+        d.cli(&all)
+    };
+    let (ok, token, _) = alice(&["auth", "print-identity-token", &format!("--audiences={url}")]);
+    assert!(ok);
+    let (status, id) = call(Some(token.trim()));
+    assert_eq!(status, 403);
+    assert_eq!(d.reason_for(&id.unwrap()), "iam.no_binding");
+    d.ok(&["iam", "service-accounts", "create", "caller-sa"]);
+    let sa = "caller-sa@runnel-local.iam.gserviceaccount.com";
+    let (ok, _, err) = alice(&[
+        "auth",
+        "print-identity-token",
+        &format!("--audiences={url}"),
+        &format!("--impersonate-service-account={sa}"),
+    ]);
+    assert!(!ok);
+    assert!(err.contains("PERMISSION_DENIED") && err.contains("iam.serviceAccounts.getOpenIdToken"), "{err}");
+
+    // The owner impersonates the account: refused until it holds Cloud Run Invoker.
+    let sa_token = d.ok(&[
+        "auth",
+        "print-identity-token",
+        &format!("--audiences={url}"),
+        &format!("--impersonate-service-account={sa}"),
+    ]);
+    let (status, id) = call(Some(sa_token.trim()));
+    assert_eq!(status, 403);
+    assert_eq!(d.reason_for(&id.unwrap()), "iam.no_binding");
+    d.ok(&[
+        "run",
+        "services",
+        "add-iam-policy-binding",
+        "receiver",
+        &format!("--member=serviceAccount:{sa}"),
+        "--role=roles/run.invoker",
+    ]);
+    assert_eq!(call(Some(sa_token.trim())).0, 200);
+    // Disabled: the token it already has is refused on the next request.
+    d.ok(&["iam", "service-accounts", "disable", sa]);
+    let (status, id) = call(Some(sa_token.trim()));
+    assert_eq!(status, 403);
+    assert_eq!(d.reason_for(&id.unwrap()), "principal.disabled");
+}
