@@ -95,9 +95,7 @@ impl OutputSink for Logs {
 
 impl RequestLog for Logs {
     fn record(&self, record: RequestRecord) {
-        if let Ok(v) = serde_json::to_value(&record) {
-            self.store.append(&record.region, &record.service, Kind::Requests, &v);
-        }
+        self.store.append_record(&record.region, &record.service, Kind::Requests, &record);
     }
 
     fn refused(&self, refusal: runnel_gateway::Refusal) {

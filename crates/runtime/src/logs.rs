@@ -65,9 +65,15 @@ impl LogStore {
     /// Appends one JSON line. Logging must never take the daemon down, so failures are
     /// reported once through tracing and the line is dropped.
     pub fn append(&self, region: &str, service: &str, kind: Kind, record: &serde_json::Value) {
+        self.append_record(region, service, kind, record);
+    }
+
+    /// Appends any serialisable record as one JSON line, written straight from the value (on the
+    /// request path, going through a `serde_json::Value` first costs as much as the request).
+    pub fn append_record<T: serde::Serialize>(&self, region: &str, service: &str, kind: Kind, record: &T) {
+        let Ok(mut line) = serde_json::to_vec(record) else { return };
+        line.push(b'\n');
         let path = self.path(region, service, kind);
-        let mut line = record.to_string();
-        line.push('\n');
         let Ok(mut open) = self.open.lock() else { return };
         let result = (|| -> std::io::Result<()> {
             if !open.contains_key(&path) {
@@ -80,7 +86,7 @@ impl LogStore {
                 open.insert(path.clone(), Self::open_file(&path)?);
             }
             if let Some(o) = open.get_mut(&path) {
-                o.file.write_all(line.as_bytes())?;
+                o.file.write_all(&line)?;
                 o.size += line.len() as u64;
             }
             Ok(())
