@@ -133,7 +133,10 @@ impl ControlPlane {
                     ];
                 }
                 Outcome::Failed(msg) => {
-                    let text = format!("Revision '{revision}' is not ready and cannot serve traffic. {msg}");
+                    let mut chars = msg.chars();
+                    let sentence: String =
+                        chars.next().map(|c| c.to_uppercase().chain(chars).collect()).unwrap_or_default();
+                    let text = format!("Revision '{revision}' is not ready and cannot serve traffic. {sentence}");
                     s.reconciling = false;
                     s.terminal_condition = Some(condition("Ready", "CONDITION_FAILED", &text, &time));
                     s.conditions = vec![condition("ConfigurationsReady", "CONDITION_FAILED", &text, &time)];

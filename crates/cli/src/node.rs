@@ -570,10 +570,7 @@ impl runnel_gateway::Invoker for InvokerGate {
             if !decision.allowed {
                 return deny(403, decision.reason, decision.trace);
             }
-            let stripped =
-                token.rsplit_once('.').map(|(signed, _)| format!("Bearer {signed}.SIGNATURE_REMOVED_BY_GOOGLE"));
-            let rewrite = stripped.and_then(|s| hyper::header::HeaderValue::from_str(&s).ok()).map(|v| (name, v));
-            return InvokerCheck::Allow { reason: Reason::IamGranted, rewrite };
+            return admitted(name, token);
         }
         let account = match self.state.account(&self.cp, &claims.sub) {
             Some(a) => a,
@@ -616,14 +613,20 @@ impl runnel_gateway::Invoker for InvokerGate {
             ));
             return deny(403, decision.reason, trace);
         }
-        // The instance gets the token it was admitted with, minus its signature.
-        let stripped = match token.rsplit_once('.') {
-            Some((signed, _)) => format!("Bearer {signed}.SIGNATURE_REMOVED_BY_GOOGLE"),
-            None => String::new(),
-        };
-        let rewrite = hyper::header::HeaderValue::from_str(&stripped).ok().map(|v| (name, v));
-        InvokerCheck::Allow { reason: Reason::IamGranted, rewrite }
+        admitted(name, token)
     }
+}
+
+/// Admits a request whose token was checked. The instance gets that token minus its signature
+/// (`SIGNATURE_REMOVED_BY_GOOGLE`, as on Cloud Run), so it cannot be replayed from its logs.
+fn admitted(name: hyper::header::HeaderName, token: &str) -> runnel_gateway::InvokerCheck {
+    let rewrite = token
+        .rsplit_once('.')
+        .and_then(|(signed, _)| {
+            hyper::header::HeaderValue::from_str(&format!("Bearer {signed}.SIGNATURE_REMOVED_BY_GOOGLE")).ok()
+        })
+        .map(|v| (name, v));
+    runnel_gateway::InvokerCheck::Allow { reason: runnel_policy::Reason::IamGranted, rewrite }
 }
 
 /// The metadata server of one instance, served on its `metadata.sock`.

@@ -41,7 +41,13 @@ fn a_failed_v2_leaves_v1_serving(startup_deadline: u64, mode: &str, reason: &str
     assert_ne!(v2, v1.revision, "no new revision was created: {described}");
 
     let last_line = last_line.replace("MARKER", &v2_marker);
-    let message = format!("Revision '{v2}' is not ready and cannot serve traffic. {reason}. Last output:\n{last_line}");
+    let sentence = reason
+        .chars()
+        .next()
+        .map(|c| c.to_uppercase().chain(reason.chars().skip(1)).collect::<String>())
+        .unwrap_or_default();
+    let message =
+        format!("Revision '{v2}' is not ready and cannot serve traffic. {sentence}. Last output:\n{last_line}");
     assert_eq!(out.code, Some(1), "{out}");
     assert_eq!(out.stdout, "", "{out}");
     assert!(
