@@ -428,6 +428,35 @@ pub struct InvokerGate {
     pub state: StateCache,
 }
 
+/// A service's invoker facts with what derives from them, worked out once per snapshot rather
+/// than on every request: whether `allUsers` may invoke it, and the audiences its tokens may have.
+struct ServiceAccess {
+    facts: runnel_api::InvokerFacts,
+    /// `allUsers` holds `run.routes.invoke` (the same pure IAM check, run once).
+    public: bool,
+    /// The service's URL as `http://` and `https://`, with and without a trailing `/`, then its
+    /// custom audiences.
+    audiences: Vec<String>,
+}
+
+impl ServiceAccess {
+    fn new(cp: &ControlPlane, region: &str, service: &str, facts: runnel_api::InvokerFacts) -> Self {
+        use runnel_policy::iam::{self, Principal, Scope};
+        let public = {
+            let scopes = [
+                Scope { resource: &facts.service_name, policy: &facts.service_policy },
+                Scope { resource: &facts.project_name, policy: &facts.project_policy },
+            ];
+            iam::check(&Principal::Anonymous, "run.routes.invoke", &scopes).allowed
+        };
+        let url = cp.service_url(region, service);
+        let https = url.replacen("http://", "https://", 1);
+        let mut audiences = vec![format!("{url}/"), format!("{https}/"), url, https];
+        audiences.extend(facts.custom_audiences.iter().cloned());
+        Self { facts, public, audiences }
+    }
+}
+
 /// What the invoker check reads from the store, kept between requests until the next commit.
 ///
 /// Every committed write bumps the control plane's change counter before the API acknowledges
@@ -442,7 +471,7 @@ pub struct StateCache {
 #[derive(Default)]
 struct Snapshot {
     version: u64,
-    facts: HashMap<(String, String), Option<Arc<runnel_api::InvokerFacts>>>,
+    facts: HashMap<(String, String), Option<Arc<ServiceAccess>>>,
     accounts: HashMap<String, Option<Arc<runnel_model::service_account::ServiceAccount>>>,
 }
 
@@ -461,13 +490,16 @@ impl StateCache {
         Some(snap)
     }
 
-    fn facts(&self, cp: &ControlPlane, region: &str, service: &str) -> Option<Arc<runnel_api::InvokerFacts>> {
+    fn facts(&self, cp: &ControlPlane, region: &str, service: &str) -> Option<Arc<ServiceAccess>> {
         let key = (region.to_string(), service.to_string());
         if let Some(hit) = self.current().and_then(|s| s.facts.get(&key).cloned()) {
             return hit;
         }
         let version = *self.version.borrow();
-        let read = cp.invoker_facts(region, service).ok()?.map(Arc::new);
+        let read = cp
+            .invoker_facts(region, service)
+            .ok()?
+            .map(|facts| Arc::new(ServiceAccess::new(cp, region, service, facts)));
         if let Some(mut snap) = self.current()
             && snap.version == version
         {
@@ -506,11 +538,12 @@ impl runnel_gateway::Invoker for InvokerGate {
         use runnel_gateway::InvokerCheck;
         use runnel_policy::Reason;
         use runnel_policy::iam::{self, Principal, Scope};
-        let facts = match self.state.facts(&self.cp, &route.region, &route.service) {
-            Some(f) => f,
+        let access = match self.state.facts(&self.cp, &route.region, &route.service) {
+            Some(a) => a,
             // The service vanished or the store failed: refuse rather than guess.
             _ => return deny(403, Reason::IamNoBinding, vec!["the service's policy could not be read".into()]),
         };
+        let facts = &access.facts;
         if facts.invoker_iam_disabled {
             return InvokerCheck::Allow { reason: Reason::InvokerCheckDisabled, rewrite: None };
         }
@@ -518,7 +551,7 @@ impl runnel_gateway::Invoker for InvokerGate {
             Scope { resource: &facts.service_name, policy: &facts.service_policy },
             Scope { resource: &facts.project_name, policy: &facts.project_policy },
         ];
-        if iam::check(&Principal::Anonymous, "run.routes.invoke", &scopes).allowed {
+        if access.public {
             return InvokerCheck::Allow { reason: Reason::InvokerAllUsers, rewrite: None };
         }
         // X-Serverless-Authorization wins over Authorization, as on Cloud Run; exactly one.
@@ -550,12 +583,8 @@ impl runnel_gateway::Invoker for InvokerGate {
             return deny(401, Reason::TokenMalformed, vec![format!("`{name}` is not `Bearer TOKEN`")]);
         };
         let token = token.trim();
-        let url = self.cp.service_url(&route.region, &route.service);
-        let https = url.replacen("http://", "https://", 1);
-        let mut audiences = vec![format!("{url}/"), format!("{https}/"), url, https];
-        audiences.extend(facts.custom_audiences.iter().cloned());
         let now = runnel_identity::unix_now();
-        let claims = match self.cache.verify(token, &self.keys.key_set(), &self.issuer, &audiences, now, SKEW) {
+        let claims = match self.cache.verify(token, &self.keys.key_set(), &self.issuer, &access.audiences, now, SKEW) {
             Ok(c) => c,
             Err(refusal) => return deny(401, refusal.reason, vec![refusal.detail]),
         };
