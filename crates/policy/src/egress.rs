@@ -486,7 +486,7 @@ fn through(caller: &Caller, vpc: &VpcPath) -> Origin {
         project: vpc.project.clone(),
         network: vpc.network.clone(),
         via: vpc.via.clone(),
-        caller: Caller { egress: Some(Reason::EgressVpc), ..caller.clone() },
+        caller: Some(Caller { egress: Some(Reason::EgressVpc), ..caller.clone() }),
         sealed: Sealed::by_egress(),
     }
 }

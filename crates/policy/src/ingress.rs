@@ -150,7 +150,7 @@ mod tests {
             project: project.into(),
             network: format!("projects/{project}/global/networks/default"),
             via: Via::Connector(format!("projects/{project}/locations/local1/connectors/conn")),
-            caller: caller(Some(Reason::EgressVpc)),
+            caller: Some(caller(Some(Reason::EgressVpc))),
             sealed: Sealed::by_egress(),
         }
     }

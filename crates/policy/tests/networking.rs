@@ -367,7 +367,7 @@ fn every_caller_attachment_against_every_destination_and_ingress_setting() {
 fn check_origin(route: &Route, vpc: Option<&VpcPath>) -> Result<(), String> {
     match (route.origin(), route.reason()) {
         (None, _) if !route.allowed() => Ok(()),
-        (Some(Origin::Vpc { project, network, via, caller, .. }), Reason::EgressVpc) => match vpc {
+        (Some(Origin::Vpc { project, network, via, caller: Some(caller), .. }), Reason::EgressVpc) => match vpc {
             Some(v)
                 if (project, network, via) == (&v.project, &v.network, &v.via)
                     && caller.egress == Some(Reason::EgressVpc)
