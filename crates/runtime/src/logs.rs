@@ -3,13 +3,29 @@
 //! Each service has `logs/REGION/SERVICE/{instances,requests}.jsonl` under `$RUNNEL_HOME`; a file
 //! that grows past its limit is renamed to `.1` (replacing the previous one) and started anew,
 //! so a chatty instance costs at most twice the limit on disk.
+//!
+//! Appending is on the frontend's request path, once per request, so it must cost little more
+//! than serialising the record: a line is serialised straight into its file's pending buffer
+//! under one lock (files are found by region and service without building a path), and a
+//! writer thread writes the pending lines in batches at least every [`FLUSH_EVERY`], as nginx's
+//! `access_log … buffer= flush=` does. Reading a log, forgetting a service and dropping the
+//! store write what is pending first, and the daemon calls [`LogStore::flush`] before it exits,
+//! so no line is lost to the batching; a crash loses at most the last [`FLUSH_EVERY`].
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+/// The longest a line waits in memory before it is written.
+pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
+/// Pending bytes of one file that wake the writer before its time, so a burst is bounded in
+/// memory, and beyond which the appender writes them itself (the writer thread is stuck).
+const WAKE_AT: usize = 256 * 1024;
+const WRITE_INLINE_AT: usize = 8 * 1024 * 1024;
 
 /// Which log of a service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -28,77 +44,105 @@ impl Kind {
             Kind::Denied => "denied.jsonl",
         }
     }
+
+    fn index(self) -> usize {
+        match self {
+            Kind::Instances => 0,
+            Kind::Requests => 1,
+            Kind::Denied => 2,
+        }
+    }
 }
 
+/// One log file: its open handle and the lines not yet written to it.
 struct Open {
-    file: File,
-    size: u64,
+    path: PathBuf,
+    /// `None` until the first write opens it (or after a failed open, to retry next time).
+    file: Option<File>,
+    /// Bytes in the file, as far as this store knows.
+    written: u64,
+    pending: Vec<u8>,
+}
+
+/// kind → region → service → file: looked up with borrowed strings, so appending allocates
+/// nothing once a service's file is known.
+type Files = [HashMap<String, HashMap<String, Open>>; 3];
+
+struct Shared {
+    root: PathBuf,
+    limit: u64,
+    files: Mutex<Files>,
+    /// Serialises writing to disk, so batches of one file land in order even when the
+    /// writer thread and a reader both flush. Always taken before `files`.
+    writing: Mutex<()>,
+    /// Wakes the writer thread early; `true` asks it to stop.
+    wake: (Mutex<bool>, Condvar),
 }
 
 pub struct LogStore {
-    root: PathBuf,
-    limit: u64,
-    open: Mutex<HashMap<PathBuf, Open>>,
+    shared: Arc<Shared>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock leaves at worst a partial line pending; logging goes on.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl LogStore {
+    /// A store under `root` whose files rotate past `limit` bytes; starts its writer thread.
     pub fn new(root: PathBuf, limit: u64) -> Self {
-        Self { root, limit, open: Mutex::new(HashMap::new()) }
-    }
-
-    fn path(&self, region: &str, service: &str, kind: Kind) -> PathBuf {
-        if kind == Kind::Denied {
-            return self.root.join(kind.file());
+        let shared = Arc::new(Shared {
+            root,
+            limit,
+            files: Mutex::new(Default::default()),
+            writing: Mutex::new(()),
+            wake: (Mutex::new(false), Condvar::new()),
+        });
+        let writer = shared.clone();
+        let spawned = std::thread::Builder::new().name("runnel-logs".into()).spawn(move || writer.run_writer());
+        if let Err(e) = spawned {
+            // Lines are then written when read, when they pile up, and at exit.
+            tracing::warn!(error = %e, "cannot start the log writer thread; request logs are written in larger batches");
         }
-        self.root.join(region).join(service).join(kind.file())
-    }
-
-    fn open_file(path: &Path) -> std::io::Result<Open> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        let file = OpenOptions::new().create(true).append(true).mode(0o600).open(path)?;
-        let size = file.metadata()?.len();
-        Ok(Open { file, size })
+        Self { shared }
     }
 
     /// Appends one JSON line. Logging must never take the daemon down, so failures are
-    /// reported once through tracing and the line is dropped.
+    /// reported through tracing and the line is dropped.
     pub fn append(&self, region: &str, service: &str, kind: Kind, record: &serde_json::Value) {
         self.append_record(region, service, kind, record);
     }
 
-    /// Appends any serialisable record as one JSON line, written straight from the value (on the
-    /// request path, going through a `serde_json::Value` first costs as much as the request).
+    /// Appends any serialisable record as one JSON line, serialised straight into the file's
+    /// pending buffer; it reaches the disk within [`FLUSH_EVERY`].
     pub fn append_record<T: serde::Serialize>(&self, region: &str, service: &str, kind: Kind, record: &T) {
-        let Ok(mut line) = serde_json::to_vec(record) else { return };
-        line.push(b'\n');
-        let path = self.path(region, service, kind);
-        let Ok(mut open) = self.open.lock() else { return };
-        let result = (|| -> std::io::Result<()> {
-            if !open.contains_key(&path) {
-                open.insert(path.clone(), Self::open_file(&path)?);
+        let pending = {
+            let mut files = lock(&self.shared.files);
+            let Some(open) = self.shared.entry(&mut files, region, service, kind) else { return };
+            let start = open.pending.len();
+            if serde_json::to_writer(&mut open.pending, record).is_err() {
+                open.pending.truncate(start);
+                return;
             }
-            let rotate = open.get(&path).is_some_and(|o| o.size + line.len() as u64 > self.limit);
-            if rotate {
-                open.remove(&path);
-                std::fs::rename(&path, path.with_extension("jsonl.1"))?;
-                open.insert(path.clone(), Self::open_file(&path)?);
-            }
-            if let Some(o) = open.get_mut(&path) {
-                o.file.write_all(&line)?;
-                o.size += line.len() as u64;
-            }
-            Ok(())
-        })();
-        if let Err(e) = result {
-            tracing::warn!(path = %path.display(), error = %e, "cannot write a log line");
+            open.pending.push(b'\n');
+            open.pending.len()
+        };
+        if pending >= WRITE_INLINE_AT {
+            self.flush();
+        } else if pending >= WAKE_AT {
+            self.shared.wake_writer(false);
         }
+    }
+
+    /// Writes every pending line now.
+    pub fn flush(&self) {
+        self.shared.flush();
     }
 
     /// The last `limit` records of a service's log, oldest first (the rotated file too).
     pub fn read(&self, region: &str, service: &str, kind: Kind, limit: usize) -> Vec<serde_json::Value> {
-        let path = self.path(region, service, kind);
+        self.flush();
+        let path = self.shared.path(region, service, kind);
         let mut out = Vec::new();
         for p in [path.with_extension("jsonl.1"), path] {
             if let Ok(f) = File::open(&p) {
@@ -113,13 +157,184 @@ impl LogStore {
         out.split_off(skip)
     }
 
-    /// Removes a deleted service's logs.
+    /// Removes a deleted service's logs, pending lines included.
     pub fn forget(&self, region: &str, service: &str) {
-        if let Ok(mut open) = self.open.lock() {
-            open.retain(|p, _| !p.starts_with(self.root.join(region).join(service)));
+        let _writing = lock(&self.shared.writing);
+        {
+            let mut files = lock(&self.shared.files);
+            for by_region in files.iter_mut() {
+                if let Some(services) = by_region.get_mut(region) {
+                    services.remove(service);
+                }
+            }
         }
-        let _ = std::fs::remove_dir_all(self.root.join(region).join(service));
+        let _ = std::fs::remove_dir_all(self.shared.root.join(region).join(service));
     }
+}
+
+impl Drop for LogStore {
+    fn drop(&mut self) {
+        self.shared.wake_writer(true);
+        self.shared.flush();
+    }
+}
+
+impl Shared {
+    fn path(&self, region: &str, service: &str, kind: Kind) -> PathBuf {
+        if kind == Kind::Denied {
+            return self.root.join(kind.file());
+        }
+        self.root.join(region).join(service).join(kind.file())
+    }
+
+    fn entry<'a>(&self, files: &'a mut Files, region: &str, service: &str, kind: Kind) -> Option<&'a mut Open> {
+        // The refusal log is one file whatever the service.
+        let (region, service) = if kind == Kind::Denied { ("-", "-") } else { (region, service) };
+        let by_region = &mut files[kind.index()];
+        if !by_region.contains_key(region) {
+            by_region.insert(region.to_owned(), HashMap::new());
+        }
+        let services = by_region.get_mut(region)?;
+        if !services.contains_key(service) {
+            let path = self.path(region, service, kind);
+            services.insert(service.to_owned(), Open { path, file: None, written: 0, pending: Vec::new() });
+        }
+        services.get_mut(service)
+    }
+
+    fn wake_writer(&self, stop: bool) {
+        let (flag, cond) = &self.wake;
+        if stop {
+            *lock(flag) = true;
+        }
+        cond.notify_one();
+    }
+
+    /// The writer thread: writes pending lines every [`FLUSH_EVERY`], or sooner when woken,
+    /// until the store is dropped.
+    fn run_writer(&self) {
+        let (flag, cond) = &self.wake;
+        loop {
+            let stop = {
+                let guard = lock(flag);
+                let (guard, _) = cond.wait_timeout(guard, FLUSH_EVERY).unwrap_or_else(PoisonError::into_inner);
+                *guard
+            };
+            self.flush();
+            if stop {
+                return;
+            }
+        }
+    }
+
+    /// Takes every file's pending lines under the lock and writes them outside it, so
+    /// appenders (the frontend) never wait for the disk.
+    fn flush(&self) {
+        let _writing = lock(&self.writing);
+        let mut batches = Vec::new();
+        {
+            let mut files = lock(&self.files);
+            for services in files.iter_mut().flat_map(|by_region| by_region.values_mut()) {
+                for open in services.values_mut() {
+                    if !open.pending.is_empty() {
+                        let lines = std::mem::take(&mut open.pending);
+                        batches.push((open.path.clone(), open.file.take(), open.written, lines));
+                    }
+                }
+            }
+        }
+        if batches.is_empty() {
+            return;
+        }
+        let mut done = Vec::with_capacity(batches.len());
+        for (path, file, written, lines) in batches {
+            let (file, written) = match self.write_batch(&path, file, written, &lines) {
+                Ok(state) => state,
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot write log lines; they are dropped");
+                    (None, 0)
+                }
+            };
+            done.push((path, file, written, lines));
+        }
+        // Give the files back (and the buffers, to reuse their capacity) unless the service
+        // was forgotten meanwhile.
+        let mut files = lock(&self.files);
+        for (path, file, written, mut lines) in done {
+            let found = files
+                .iter_mut()
+                .flat_map(|by_region| by_region.values_mut())
+                .flat_map(|services| services.values_mut())
+                .find(|open| open.path == path && open.file.is_none());
+            if let Some(open) = found {
+                open.file = file;
+                open.written = written;
+                if open.pending.is_empty() {
+                    lines.clear();
+                    open.pending = lines;
+                }
+            }
+        }
+    }
+
+    /// Appends `lines` to the file at `path`, rotating it at line boundaries whenever the
+    /// next line would take it past the limit. Returns the open file and its size.
+    fn write_batch(
+        &self,
+        path: &Path,
+        file: Option<File>,
+        written: u64,
+        lines: &[u8],
+    ) -> std::io::Result<(Option<File>, u64)> {
+        let (mut file, mut written) = match file {
+            Some(f) => (f, written),
+            None => open_file(path)?,
+        };
+        let mut rest = lines;
+        while !rest.is_empty() {
+            let room = self.limit.saturating_sub(written);
+            let take = if rest.len() as u64 <= room { rest.len() } else { fitting_lines(rest, room) };
+            if take == 0 && written > 0 {
+                drop(file);
+                std::fs::rename(path, path.with_extension("jsonl.1"))?;
+                (file, written) = open_file(path)?;
+                continue;
+            }
+            // A single line longer than the limit still goes into a file of its own.
+            let take = if take == 0 { line_len(rest) } else { take };
+            file.write_all(&rest[..take])?;
+            written += take as u64;
+            rest = &rest[take..];
+        }
+        Ok((Some(file), written))
+    }
+}
+
+fn open_file(path: &Path) -> std::io::Result<(File, u64)> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let file = OpenOptions::new().create(true).append(true).mode(0o600).open(path)?;
+    let size = file.metadata()?.len();
+    Ok((file, size))
+}
+
+/// The length of the first line of `lines`, its newline included.
+fn line_len(lines: &[u8]) -> usize {
+    lines.iter().position(|&b| b == b'\n').map_or(lines.len(), |i| i + 1)
+}
+
+/// How many bytes of whole lines from the start of `lines` fit in `room`.
+fn fitting_lines(lines: &[u8], room: u64) -> usize {
+    let mut end = 0;
+    while end < lines.len() {
+        let next = end + line_len(&lines[end..]);
+        if next as u64 > room {
+            break;
+        }
+        end = next;
+    }
+    end
 }
 
 #[cfg(test)]
@@ -144,5 +359,31 @@ mod tests {
         assert!(logs.read("local1", "other", Kind::Requests, 10).is_empty());
         logs.forget("local1", "svc");
         assert!(logs.read("local1", "svc", Kind::Instances, 10).is_empty());
+    }
+
+    #[test]
+    fn lines_reach_the_file_within_the_flush_interval_and_on_drop() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("local1/svc/requests.jsonl");
+        let logs = LogStore::new(dir.path().to_path_buf(), 1 << 20);
+        logs.append("local1", "svc", Kind::Requests, &json!({ "n": 1 }));
+        let deadline = std::time::Instant::now() + FLUSH_EVERY * 20;
+        while std::fs::read_to_string(&file).unwrap_or_default().is_empty() {
+            assert!(std::time::Instant::now() < deadline, "the line was not written in time");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        logs.append("local1", "svc", Kind::Requests, &json!({ "n": 2 }));
+        drop(logs);
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "{\"n\":1}\n{\"n\":2}\n");
+    }
+
+    #[test]
+    fn refusals_share_one_file_whatever_the_service() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = LogStore::new(dir.path().to_path_buf(), 1 << 20);
+        logs.append("local1", "a", Kind::Denied, &json!({ "n": 1 }));
+        logs.append("-", "-", Kind::Denied, &json!({ "n": 2 }));
+        logs.flush();
+        assert_eq!(std::fs::read_to_string(dir.path().join("denied.jsonl")).unwrap(), "{\"n\":1}\n{\"n\":2}\n");
     }
 }
