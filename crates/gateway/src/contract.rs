@@ -148,10 +148,26 @@ pub enum Plan {
     Refuse { reason: runnel_policy::Reason, message: String },
 }
 
+/// A document the daemon publishes itself (its ID token keys, its discovery document), answered
+/// by the egress proxy in-process: instances may read it, but never reach the listener that
+/// serves it elsewhere.
+pub struct Published {
+    /// The JSON body.
+    pub json: String,
+    /// How long verifiers may cache it (`Cache-Control: public, max-age=…`).
+    pub max_age_seconds: u64,
+}
+
 /// Decides, for one instance, where each outbound request goes.
 pub trait EgressPlanner: Send + Sync + 'static {
     /// `host` is the authority's host as the instance wrote it (lowercased, no port).
     fn plan(&self, host: &str, port: u16) -> Plan;
+    /// The document the daemon publishes at `http://host:port/path`, if that is one, answered
+    /// for a `GET` before any plan is made; every other request is planned (and a request to the
+    /// daemon's own listeners refused) as usual.
+    fn published(&self, _host: &str, _port: u16, _path: &str) -> Option<Published> {
+        None
+    }
     /// Records a refused request (the refusal log), without secrets.
     fn refused(&self, request_id: &str, host: &str, port: u16, reason: runnel_policy::Reason);
 }

@@ -10,6 +10,9 @@
 //! It speaks the forward-proxy forms only: absolute-form requests (`GET http://host/path`) and
 //! `CONNECT host:port`. A tunnel to a service is served by the frontend too, pinned to that host:
 //! a request inside it for another host gets 421. `Proxy-Authorization` never travels further.
+//! The one thing it answers itself is a `GET` for a document the daemon publishes (its ID token
+//! keys, at the issuer's address): instances fetch them as they would Google's, while the
+//! listener behind that address stays out of reach.
 
 use std::convert::Infallible;
 use std::net::IpAddr;
@@ -25,7 +28,7 @@ use runnel_policy::origin::Origin;
 use tokio::net::{TcpStream, UnixListener, UnixStream};
 
 use crate::body::ResponseBody;
-use crate::contract::{EgressPlanner, Plan};
+use crate::contract::{EgressPlanner, Plan, Published};
 use crate::frontend::Frontend;
 use crate::headers::Peer;
 use crate::record::RequestId;
@@ -37,6 +40,17 @@ fn text(status: StatusCode, id: &HeaderValue, body: String) -> Response<Response
     *r.status_mut() = status;
     r.headers_mut().insert(hyper::header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     r.headers_mut().insert(X_RUNNEL_REQUEST_ID, id.clone());
+    r
+}
+
+fn published_response(published: Published, id: &HeaderValue) -> Response<ResponseBody> {
+    let mut r = Response::new(ResponseBody::text(published.json));
+    let headers = r.headers_mut();
+    headers.insert(hyper::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if let Ok(v) = HeaderValue::from_str(&format!("public, max-age={}", published.max_age_seconds)) {
+        headers.insert(hyper::header::CACHE_CONTROL, v);
+    }
+    headers.insert(X_RUNNEL_REQUEST_ID, id.clone());
     r
 }
 
@@ -88,6 +102,13 @@ impl Frontend {
         // The proxy's own credentials stop here.
         req.headers_mut().remove(hyper::header::PROXY_AUTHORIZATION);
         req.headers_mut().remove("proxy-connection");
+        // runnel's key publication, as verifiers fetch Google's: answered here, since the
+        // listener that serves it is no destination.
+        if req.method() == Method::GET
+            && let Some(published) = planner.published(&host, port, req.uri().path())
+        {
+            return published_response(published, &id_header);
+        }
         match planner.plan(&host, port) {
             Plan::Refuse { reason, message } => {
                 planner.refused(id.as_str(), &host, port, reason);

@@ -1,5 +1,6 @@
 //! What verifiers fetch: the key set as JWKS and as a PEM map, and the OIDC discovery document.
-//! The daemon mounts [`router`] on its API, whose address is the issuer.
+//! The daemon mounts [`router`] on its API, whose address is the issuer; instances, which cannot
+//! reach the API, get the same documents from their egress proxy through [`document`].
 
 use std::sync::Arc;
 
@@ -27,6 +28,18 @@ pub fn discovery_document(issuer: &str) -> Value {
         "id_token_signing_alg_values_supported": [ALGORITHM],
         "claims_supported": ["aud", "azp", "email", "email_verified", "exp", "google", "iat", "iss", "sub"],
     })
+}
+
+/// The body published at `path` (one of [`JWKS_PATH`], [`PEM_PATH`], [`DISCOVERY_PATH`]), or
+/// `None` for any other path: the very bytes [`router`] serves, for the egress proxy to answer
+/// instances with.
+pub fn document(keys: &Keys, issuer: &str, path: &str) -> Option<String> {
+    match path {
+        JWKS_PATH => Some(keys.key_set().jwks_json().to_string()),
+        PEM_PATH => Some(keys.key_set().pem_map_json().to_string()),
+        DISCOVERY_PATH => Some(discovery_document(issuer).to_string()),
+        _ => None,
+    }
 }
 
 /// `GET /oauth2/v3/certs`, `/oauth2/v1/certs` and `/.well-known/openid-configuration`, public and
