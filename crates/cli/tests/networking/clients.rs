@@ -17,7 +17,8 @@ use super::{BIN, Daemon, q, world_readable};
 
 /// Where scripts/install-deps puts google-auth-library for instances to read.
 const NODE_MODULES: &str = "/var/lib/runnel-test-node/node_modules";
-/// The Rust calling service: a member of the workspace, built next to `runnel` by scripts/test.
+/// The Rust calling service: a member of the workspace, built next to `runnel` by a
+/// workspace-wide test run (its own integration test needs the binary).
 const RUST_CALLER: &str = "runnel-example-caller";
 const SA: &str = "caller-sa@runnel-local.iam.gserviceaccount.com";
 
@@ -34,7 +35,7 @@ fn place_examples(d: &Daemon) -> PathBuf {
     let built = Path::new(BIN).with_file_name(RUST_CALLER);
     assert!(
         built.exists(),
-        "the Rust calling service is not built at {}; run `cargo build -p {RUST_CALLER}` (scripts/test does)",
+        "the Rust calling service is not built at {}; run `cargo build -p {RUST_CALLER}` (a workspace-wide test run builds it)",
         built.display()
     );
     let rust = d.apps.join(RUST_CALLER);
