@@ -236,8 +236,7 @@ impl Frontend {
         // refusals are in the service's request log, as on Cloud Run.
         let invoker = route.invoker.check(&route, req.headers());
         let deadline = tokio::time::Instant::from_std(started + route.timeout.min(FAR_FUTURE));
-        let mut exchange =
-            Exchange::new(self.log.clone(), route.clone(), started, id, &req, authority.clone(), peer.ip);
+        let mut exchange = Exchange::new(self.log.clone(), route.clone(), started, id, &req, authority.clone(), peer);
         match invoker {
             InvokerCheck::Allow { rewrite, .. } => {
                 if let Some((name, value)) = rewrite {

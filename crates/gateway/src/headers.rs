@@ -34,7 +34,6 @@ const HOP_BY_HOP: [HeaderName; 6] =
 /// The client's address in the forms the forwarding headers need; built once per connection
 /// so that requests only clone it.
 pub(crate) struct Peer {
-    pub(crate) ip: IpAddr,
     forwarded_for: HeaderValue,
     forwarded: HeaderValue,
 }
@@ -48,7 +47,12 @@ impl Peer {
             IpAddr::V4(v4) => format!("for={v4};proto=http"),
             IpAddr::V6(v6) => format!("for=\"[{v6}]\";proto=http"),
         };
-        Peer { ip, forwarded_for: value(ip.to_string()), forwarded: value(forwarded) }
+        Peer { forwarded_for: value(ip.to_string()), forwarded: value(forwarded) }
+    }
+
+    /// The client's address as text (what `X-Forwarded-For` gets), made once per connection.
+    pub(crate) fn ip_text(&self) -> &HeaderValue {
+        &self.forwarded_for
     }
 }
 

@@ -4,21 +4,21 @@
 //! The record is written when the response has been fully sent (or abandoned), because only
 //! then are the response size and the latency known — Cloud Logging's `latency` runs until the
 //! response is sent. Strings for the record are built only then; until that point the exchange
-//! holds cheap clones of what the request already had.
+//! holds cheap clones of what the request already had. The record is built and written once per
+//! request on the frontend's thread, so its text is made by hand (timestamp, numbers, the JSON
+//! line itself) rather than through `fmt` and the `time` crate's formatter, which cost as much as
+//! a good part of the proxying.
 
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use hyper::header::{HeaderValue, USER_AGENT};
 use hyper::http::uri::PathAndQuery;
 use hyper::{Method, Request, Version};
-use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 
 use crate::contract::{HttpRequest, Lease, RequestLog, RequestRecord, Route};
-use crate::headers::head_size;
+use crate::headers::{Peer, head_size};
 
 /// A random 128-bit request id in lowercase hex, the shape of a Cloud Trace id.
 #[derive(Clone, Copy)]
@@ -54,13 +54,14 @@ pub(crate) struct Exchange {
     /// body has been streamed or abandoned.
     pub(crate) lease: Option<Lease>,
     started: Instant,
-    at: OffsetDateTime,
+    at: SystemTime,
     pub(crate) id: RequestId,
     method: Method,
     authority: HeaderValue,
     path: Option<PathAndQuery>,
     user_agent: Option<HeaderValue>,
-    remote: IpAddr,
+    /// The client's address as text, formatted once per connection.
+    remote: HeaderValue,
     version: Version,
     request_head: u64,
     /// Request body bytes read so far, shared with the body on its way to the instance.
@@ -77,7 +78,7 @@ impl Exchange {
         id: RequestId,
         request: &Request<B>,
         authority: HeaderValue,
-        remote: IpAddr,
+        peer: &Peer,
     ) -> Exchange {
         let uri = request.uri();
         let target = uri.path_and_query().map_or(1, |p| p.as_str().len())
@@ -89,13 +90,13 @@ impl Exchange {
             route,
             lease: None,
             started,
-            at: OffsetDateTime::now_utc(),
+            at: SystemTime::now(),
             id,
             method: request.method().clone(),
             authority,
             path: uri.path_and_query().cloned(),
             user_agent: request.headers().get(USER_AGENT).cloned(),
-            remote,
+            remote: peer.ip_text().clone(),
             version: request.version(),
             request_head: head_size(start_line, request.headers()),
             request_body: None,
@@ -117,8 +118,13 @@ impl Exchange {
         let latency = self.started.elapsed();
         let request_body = self.request_body.as_ref().map_or(request_body, |n| n.load(Ordering::Relaxed));
         let path = self.path.as_ref().map_or("/", PathAndQuery::as_str);
+        let authority = String::from_utf8_lossy(self.authority.as_bytes());
+        let mut url = String::with_capacity(7 + authority.len() + path.len());
+        url.push_str("http://");
+        url.push_str(&authority);
+        url.push_str(path);
         let record = RequestRecord {
-            timestamp: self.at.format(&Rfc3339).unwrap_or_default(),
+            timestamp: rfc3339(self.at),
             request_id: self.id.as_str().to_owned(),
             region: self.route.region.clone(),
             service: self.route.service.clone(),
@@ -126,16 +132,16 @@ impl Exchange {
             instance: self.instance().to_owned(),
             http_request: HttpRequest {
                 request_method: self.method.as_str().to_owned(),
-                request_url: format!("http://{}{path}", String::from_utf8_lossy(self.authority.as_bytes())),
-                request_size: (self.request_head + request_body).to_string(),
+                request_url: url,
+                request_size: decimal(self.request_head + request_body),
                 status: self.status,
-                response_size: (self.response_head + response_body).to_string(),
+                response_size: decimal(self.response_head + response_body),
                 user_agent: self
                     .user_agent
                     .as_ref()
                     .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
                     .unwrap_or_default(),
-                remote_ip: self.remote.to_string(),
+                remote_ip: String::from_utf8_lossy(self.remote.as_bytes()).into_owned(),
                 latency: format_latency(latency),
                 protocol: protocol(self.version).to_owned(),
             },
@@ -144,6 +150,78 @@ impl Exchange {
         // `self.lease` drops here, after the record: the slot is free only once the request
         // is accounted for.
     }
+}
+
+impl RequestRecord {
+    /// The record as one line of JSON, newline included, appended to `out`: the same JSON as
+    /// its `Serialize` form, written directly (the request log writes one per request).
+    pub fn write_json_line(&self, out: &mut Vec<u8>) {
+        let h = &self.http_request;
+        out.extend_from_slice(b"{\"timestamp\":");
+        json_string(out, &self.timestamp);
+        out.extend_from_slice(b",\"requestId\":");
+        json_string(out, &self.request_id);
+        out.extend_from_slice(b",\"region\":");
+        json_string(out, &self.region);
+        out.extend_from_slice(b",\"service\":");
+        json_string(out, &self.service);
+        out.extend_from_slice(b",\"revision\":");
+        json_string(out, &self.revision);
+        out.extend_from_slice(b",\"instance\":");
+        json_string(out, &self.instance);
+        out.extend_from_slice(b",\"httpRequest\":{\"requestMethod\":");
+        json_string(out, &h.request_method);
+        out.extend_from_slice(b",\"requestUrl\":");
+        json_string(out, &h.request_url);
+        out.extend_from_slice(b",\"requestSize\":");
+        json_string(out, &h.request_size);
+        out.extend_from_slice(b",\"status\":");
+        let mut status = String::with_capacity(3);
+        push_decimal(&mut status, u64::from(h.status));
+        out.extend_from_slice(status.as_bytes());
+        out.extend_from_slice(b",\"responseSize\":");
+        json_string(out, &h.response_size);
+        out.extend_from_slice(b",\"userAgent\":");
+        json_string(out, &h.user_agent);
+        out.extend_from_slice(b",\"remoteIp\":");
+        json_string(out, &h.remote_ip);
+        out.extend_from_slice(b",\"latency\":");
+        json_string(out, &h.latency);
+        out.extend_from_slice(b",\"protocol\":");
+        json_string(out, &h.protocol);
+        out.extend_from_slice(b"}}\n");
+    }
+}
+
+/// `text` as a JSON string, escaped as serde_json escapes: runs that need no escape are
+/// copied whole.
+fn json_string(out: &mut Vec<u8>, text: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.push(b'"');
+    let bytes = text.as_bytes();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let escape: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0x08 => b"\\b",
+            0x0c => b"\\f",
+            0..0x20 => b"",
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[start..i]);
+        if escape.is_empty() {
+            out.extend_from_slice(&[b'\\', b'u', b'0', b'0', HEX[usize::from(b >> 4)], HEX[usize::from(b & 0xf)]]);
+        } else {
+            out.extend_from_slice(escape);
+        }
+        start = i + 1;
+    }
+    out.extend_from_slice(&bytes[start..]);
+    out.push(b'"');
 }
 
 fn protocol(version: Version) -> &'static str {
@@ -160,20 +238,114 @@ fn protocol(version: Version) -> &'static str {
 /// an `s` (the protobuf JSON form).
 pub(crate) fn format_latency(d: Duration) -> String {
     let (secs, nanos) = (d.as_secs(), d.subsec_nanos());
-    if nanos == 0 {
-        format!("{secs}s")
+    let mut out = decimal(secs);
+    let digits = if nanos == 0 {
+        0
     } else if nanos % 1_000_000 == 0 {
-        format!("{secs}.{:03}s", nanos / 1_000_000)
+        3
     } else if nanos % 1_000 == 0 {
-        format!("{secs}.{:06}s", nanos / 1_000)
+        6
     } else {
-        format!("{secs}.{nanos:09}s")
-    }
+        9
+    };
+    push_fraction(&mut out, nanos, digits);
+    out.push('s');
+    out
 }
 
 /// Now, as Cloud Logging writes timestamps.
 pub(crate) fn timestamp() -> String {
-    OffsetDateTime::now_utc().format(&Rfc3339).unwrap_or_default()
+    rfc3339(SystemTime::now())
+}
+
+/// A point in time in RFC 3339 form, UTC, with as many fractional digits as it needs (none,
+/// or up to nine without trailing zeros), as the `time` crate writes it.
+fn rfc3339(at: SystemTime) -> String {
+    let since = at.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    let (days, day_secs) = (secs / 86_400, secs % 86_400);
+    let (year, month, day) = civil_from_days(days);
+    let mut out = String::with_capacity(30);
+    push_padded(&mut out, year, 4);
+    out.push('-');
+    push_padded(&mut out, month, 2);
+    out.push('-');
+    push_padded(&mut out, day, 2);
+    out.push('T');
+    push_padded(&mut out, day_secs / 3600, 2);
+    out.push(':');
+    push_padded(&mut out, day_secs / 60 % 60, 2);
+    out.push(':');
+    push_padded(&mut out, day_secs % 60, 2);
+    let nanos = since.subsec_nanos();
+    if nanos != 0 {
+        let mut digits = 9;
+        let mut n = nanos;
+        while n.is_multiple_of(10) {
+            n /= 10;
+            digits -= 1;
+        }
+        push_fraction(&mut out, nanos, digits);
+    }
+    out.push('Z');
+    out
+}
+
+/// The proleptic Gregorian date of a day counted from 1970-01-01 (Howard Hinnant's
+/// `civil_from_days`, for days after the epoch).
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    (year, month, day)
+}
+
+/// `n` in decimal.
+fn decimal(n: u64) -> String {
+    let mut out = String::with_capacity(20);
+    push_decimal(&mut out, n);
+    out
+}
+
+fn push_decimal(out: &mut String, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &d in &digits[start..] {
+        out.push(char::from(d));
+    }
+}
+
+/// `n` in decimal, zero-padded to at least `width` digits.
+fn push_padded(out: &mut String, n: u64, width: u32) {
+    let mut bound = 10u64.pow(width.saturating_sub(1));
+    while bound > 1 && n < bound {
+        out.push('0');
+        bound /= 10;
+    }
+    push_decimal(out, n);
+}
+
+/// A dot and the first `digits` (0–9) digits of `nanos` as a nine-digit fraction.
+fn push_fraction(out: &mut String, nanos: u32, digits: u32) {
+    if digits == 0 {
+        return;
+    }
+    out.push('.');
+    push_padded(out, u64::from(nanos / 10u32.pow(9 - digits)), digits);
 }
 
 #[cfg(test)]
@@ -186,6 +358,62 @@ mod tests {
         assert_eq!(format_latency(Duration::from_millis(12)), "0.012s");
         assert_eq!(format_latency(Duration::from_micros(1_500_001)), "1.500001s");
         assert_eq!(format_latency(Duration::from_nanos(7)), "0.000000007s");
+    }
+
+    #[test]
+    fn timestamps_are_what_the_time_crate_writes() {
+        use time::OffsetDateTime;
+        use time::format_description::well_known::Rfc3339;
+        let base = SystemTime::UNIX_EPOCH;
+        for (secs, nanos) in [
+            (0, 0),
+            (951_782_400, 5),             // 2000-02-29
+            (1_795_000_000, 120_000_000), // 2026
+            (4_102_444_799, 999_999_999), // 2099-12-31T23:59:59
+            (1_709_251_199, 100),         // 2024-02-29T23:59:59
+            (1_234_567_890, 123_456_000),
+        ] {
+            let at = base + Duration::new(secs, nanos);
+            let expected = OffsetDateTime::from(at).format(&Rfc3339).unwrap();
+            assert_eq!(rfc3339(at), expected);
+        }
+        assert_eq!(decimal(0), "0");
+        assert_eq!(decimal(u64::MAX), u64::MAX.to_string());
+    }
+
+    #[test]
+    fn the_json_line_is_the_records_serde_form() {
+        let record = |user_agent: &str, url: &str| RequestRecord {
+            timestamp: "2026-11-29T15:52:00.1Z".into(),
+            request_id: "0123456789abcdef0123456789abcdef".into(),
+            region: "local1".into(),
+            service: "svc".into(),
+            revision: "svc-00001-abc".into(),
+            instance: String::new(),
+            http_request: crate::contract::HttpRequest {
+                request_method: "GET".into(),
+                request_url: url.into(),
+                request_size: "77".into(),
+                status: 204,
+                response_size: "0".into(),
+                user_agent: user_agent.into(),
+                remote_ip: "::1".into(),
+                latency: "0.000123s".into(),
+                protocol: "HTTP/1.1".into(),
+            },
+        };
+        for (ua, url) in [
+            ("curl/8.0", "http://svc/"),
+            ("quote \" back\\slash \u{1} \u{1f} \n\r\t\u{8}\u{c} \u{7f} é 😀", "http://svc/a?b=\"c\""),
+            ("", ""),
+        ] {
+            let r = record(ua, url);
+            let mut line = Vec::new();
+            r.write_json_line(&mut line);
+            let mut expected = serde_json::to_vec(&r).unwrap();
+            expected.push(b'\n');
+            assert_eq!(String::from_utf8(line).unwrap(), String::from_utf8(expected).unwrap());
+        }
     }
 
     #[test]
