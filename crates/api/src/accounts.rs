@@ -139,7 +139,7 @@ impl ControlPlane {
 
     /// Authorizes `permission` on the account named by `id` and returns it; the refusal comes
     /// before the existence check, so a caller without access learns nothing.
-    fn account_for(
+    pub(crate) fn account_for(
         &self,
         r: &(impl Read + ?Sized),
         caller: &Principal,
@@ -285,15 +285,14 @@ impl ControlPlane {
         self.mint(&acct.unique_id, &acct.email, audience)
     }
 
-    /// An ID token for the calling person (`runnel auth print-identity-token`): `sub` and `email`
-    /// are the user's email.
+    /// An ID token for the caller itself (`runnel auth print-identity-token`): for a person,
+    /// `sub` and `email` are the user's email; for a service account calling with its access
+    /// token, its unique id and email, as the metadata server would mint.
     pub fn generate_user_id_token(&self, caller: &Principal, project: &str, audience: &str) -> ApiResult<Value> {
         self.check_project(project)?;
-        match caller {
-            Principal::User { email } => self.mint(email, email, audience),
-            _ => Err(ApiError::invalid(
-                "only people (`user:` principals) get their own ID tokens here; service accounts get theirs from the metadata server",
-            )),
+        match Self::id_token_subject(caller) {
+            Some((subject, email)) => self.mint(&subject, &email, audience),
+            None => Err(ApiError::unauthenticated("only an authenticated caller gets its own ID token")),
         }
     }
 

@@ -63,6 +63,10 @@ impl FromRequestParts<Arc<ControlPlane>> for Caller {
             .map(str::trim)
             .filter(|s| !s.is_empty())
             .ok_or_else(|| ApiError::unauthenticated("the Authorization header is not `Bearer CREDENTIAL`"))?;
+        // Access tokens (and ID tokens, refused with a hint) are told apart by their shape.
+        if let Some(principal) = cp.token_caller(secret) {
+            return principal.map(Caller);
+        }
         let key = credential_key(secret);
         let record: Option<CredentialRecord> = cp.read(|r| get(r, &key))?;
         let record = record.ok_or_else(|| {

@@ -503,7 +503,9 @@ impl ControlPlane {
     }
 
     /// Every internal endpoint, for the egress path.
+    /// Every internal endpoint, as of the last commit (read once per commit: each egress
+    /// proxy asks on every outbound call).
     pub fn endpoints(&self) -> ApiResult<Vec<Endpoint>> {
-        self.read(|r| scan(r, "endpoints/"))
+        self.endpoint_list.get(self, (), || self.read(|r| scan(r, "endpoints/")))
     }
 }

@@ -40,12 +40,34 @@ pub struct ControlPlane {
     pub(crate) changes: tokio::sync::watch::Sender<u64>,
     pub(crate) logs: Option<Arc<dyn LogReader>>,
     pub(crate) tokens: Option<Arc<dyn TokenIssuer>>,
+    pub(crate) proxies: std::sync::OnceLock<Arc<dyn crate::operator::OperatorProxies>>,
+    pub(crate) troubleshooter: std::sync::OnceLock<Arc<dyn crate::troubleshoot::Troubleshooter>>,
+    /// How each revision reaches its VPC network, for its egress proxy (see [`crate::snapshot`]).
+    pub(crate) egress_contexts: crate::snapshot::UntilNextCommit<
+        (String, String, String),
+        (runnel_policy::origin::Caller, Option<runnel_policy::egress::VpcPath>),
+    >,
+    /// The internal endpoints of every network, for every egress proxy.
+    pub(crate) endpoint_list: crate::snapshot::UntilNextCommit<(), Vec<runnel_model::network::Endpoint>>,
 }
 
 /// Mints ID tokens for the API's `generateIdToken` methods; the daemon provides it.
 pub trait TokenIssuer: Send + Sync + 'static {
     /// An RS256 ID token for `audience`, with `sub` = `subject` and `email` = `email`.
     fn id_token(&self, subject: &str, email: &str, audience: &str) -> Result<String, String>;
+
+    /// An opaque access token for `holder` (see [`crate::AccessTokenHolder`]) with `scopes`,
+    /// and when it expires (Unix seconds). Issuers that mint none refuse.
+    fn access_token(&self, holder: &crate::AccessTokenHolder, scopes: &[String]) -> Result<(String, u64), String> {
+        let _ = (holder, scopes);
+        Err("this daemon mints no access tokens".into())
+    }
+
+    /// Whom an access token this issuer minted stands for, while it has not expired.
+    fn access_token_holder(&self, token: &str) -> Option<crate::AccessTokenHolder> {
+        let _ = token;
+        None
+    }
 }
 
 /// Reads a service's logs for the API; the daemon provides it.
@@ -133,6 +155,10 @@ impl ControlPlane {
             changes: tokio::sync::watch::channel(0).0,
             logs: None,
             tokens: None,
+            proxies: std::sync::OnceLock::new(),
+            troubleshooter: std::sync::OnceLock::new(),
+            egress_contexts: Default::default(),
+            endpoint_list: Default::default(),
         }
     }
 
@@ -150,13 +176,29 @@ impl ControlPlane {
         self
     }
 
+    /// Lets the API open operator proxies (`runnel run services proxy --network`); set once,
+    /// when the node's frontend exists.
+    pub fn set_operator_proxies(&self, proxies: Arc<dyn crate::operator::OperatorProxies>) {
+        let _ = self.proxies.set(proxies);
+    }
+
     /// Wakes on every committed change.
     pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
         self.changes.subscribe()
     }
 
+    /// The change counter: moves on every commit, before the API acknowledges it.
+    pub(crate) fn version(&self) -> u64 {
+        *self.changes.borrow()
+    }
+
     pub fn project(&self) -> &Project {
         &self.project
+    }
+
+    /// The region a command means when it names none.
+    pub fn default_region(&self) -> &str {
+        &self.settings.default_region
     }
 
     pub(crate) fn project_name(&self) -> String {

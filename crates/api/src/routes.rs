@@ -53,7 +53,11 @@ pub fn app(cp: Arc<ControlPlane>) -> Router {
         .route("/compute/v1/projects/{p}/regions/{r}/endpoints/{e}", get(get_endpoint).delete(delete_endpoint))
         .route("/runnel/v1/projects/{p}/locations/{l}/services/{s}/logs", get(read_logs))
         .route("/runnel/v1/projects/{p}/refusals", get(read_refusals))
+        .route("/runnel/v1/projects/{p}/locations/{l}/troubleshoot/call", axum::routing::post(troubleshoot_call))
+        .route("/runnel/v1/projects/{p}/troubleshoot/requests/{id}", get(troubleshoot_request))
         .route("/runnel/v1/projects/{p}/idToken", axum::routing::post(user_id_token))
+        .route("/runnel/v1/projects/{p}/accessToken", axum::routing::post(crate::tokens::own_access_token))
+        .route("/runnel/v1/projects/{p}/locations/{l}/services/{s}", axum::routing::post(crate::operator::proxy))
         .route("/runnel/v1/projects/{p}/credentials", get(list_credentials).post(create_credential))
         .route("/runnel/v1/projects/{p}/credentials/{c}", axum::routing::delete(delete_credential))
         .fallback(|method: Method, uri: axum::http::Uri| async move {
@@ -94,14 +98,14 @@ async fn json_errors(resp: Response) -> Response {
 }
 
 /// Runs a control-plane method off the async threads: store commits wait for the disk.
-async fn run<T: Send + 'static>(
+pub(crate) async fn run<T: Send + 'static>(
     cp: Arc<ControlPlane>,
     f: impl FnOnce(&ControlPlane) -> ApiResult<T> + Send + 'static,
 ) -> ApiResult<T> {
     tokio::task::spawn_blocking(move || f(&cp)).await.map_err(ApiError::internal)?
 }
 
-fn json<T: Serialize>(r: ApiResult<T>) -> Response {
+pub(crate) fn json<T: Serialize>(r: ApiResult<T>) -> Response {
     match r {
         Ok(v) => Json(v).into_response(),
         Err(e) => e.into_response(),
@@ -109,7 +113,7 @@ fn json<T: Serialize>(r: ApiResult<T>) -> Response {
 }
 
 /// Parses a JSON body; an empty body reads as the type's default where one makes sense.
-fn body<T: DeserializeOwned>(bytes: &Bytes) -> ApiResult<T> {
+pub(crate) fn body<T: DeserializeOwned>(bytes: &Bytes) -> ApiResult<T> {
     let text: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) { b"{}" } else { bytes };
     serde_json::from_slice(text)
         .map_err(|e| ApiError::invalid(format!("the request body is not valid JSON for this method: {e}")))
@@ -123,7 +127,7 @@ fn split_verb(segment: &str) -> (&str, Option<&str>) {
     }
 }
 
-fn unknown_verb(verb: &str) -> ApiError {
+pub(crate) fn unknown_verb(verb: &str) -> ApiError {
     if verb.is_empty() {
         return ApiError::not_found("this path needs a method after a colon, such as `:getIamPolicy`");
     }
@@ -350,6 +354,7 @@ async fn account_post(State(cp): Cp, Caller(who): Caller, Path((p, a)): Path<(St
             .await,
         ),
         Some("enable") => json(run(cp, move |cp| cp.set_account_disabled(&who, &p, &a, false)).await),
+        Some("generateAccessToken") => crate::tokens::account_access_token(cp, who, p, a, b).await,
         verb => iam_verb(cp, who, IamResource::Account { project: p, account: a }, verb.unwrap_or_default(), &b).await,
     }
 }
@@ -466,6 +471,23 @@ async fn user_id_token(State(cp): Cp, Caller(who): Caller, Path(p): Path<String>
 async fn read_refusals(State(cp): Cp, Caller(who): Caller, Path(p): Path<String>, Query(q): Q) -> Response {
     let limit = q.get("limit").and_then(|v| v.parse().ok()).unwrap_or(100);
     json(run(cp, move |cp| cp.read_refusals(&who, &p, limit)).await)
+}
+
+async fn troubleshoot_call(
+    State(cp): Cp,
+    Caller(who): Caller,
+    Path((p, l)): Path<(String, String)>,
+    bytes: Bytes,
+) -> Response {
+    let question: crate::CallQuestion = match body(&bytes) {
+        Ok(q) => q,
+        Err(e) => return e.into_response(),
+    };
+    json(run(cp, move |cp| cp.troubleshoot_call(&who, &p, &l, &question)).await)
+}
+
+async fn troubleshoot_request(State(cp): Cp, Caller(who): Caller, Path((p, id)): Path<(String, String)>) -> Response {
+    json(run(cp, move |cp| cp.troubleshoot_request(&who, &p, &id)).await)
 }
 
 async fn read_logs(

@@ -202,8 +202,19 @@ impl ControlPlane {
 
 impl ControlPlane {
     /// What the egress path needs to know about a calling revision: who it is and how it
-    /// reaches its VPC network (`None` without VPC access), from the resources as they are now.
+    /// reaches its VPC network (`None` without VPC access), from the resources as of the last
+    /// commit (read once per commit: each egress proxy asks on every outbound call).
     pub fn egress_context(
+        &self,
+        region: &str,
+        service: &str,
+        revision: &str,
+    ) -> ApiResult<(runnel_policy::origin::Caller, Option<runnel_policy::egress::VpcPath>)> {
+        let key = (region.to_string(), service.to_string(), revision.to_string());
+        self.egress_contexts.get(self, key, || self.read_egress_context(region, service, revision))
+    }
+
+    fn read_egress_context(
         &self,
         region: &str,
         service: &str,
@@ -278,6 +289,11 @@ impl ControlPlane {
         unique_id: &str,
     ) -> ApiResult<Option<runnel_model::service_account::ServiceAccount>> {
         self.read(|r| self.find_account(r, unique_id))
+    }
+
+    /// The account with this email as it is now, enabled or not.
+    pub fn account_by_email(&self, email: &str) -> ApiResult<Option<runnel_model::service_account::ServiceAccount>> {
+        self.read(|r| get(r, &crate::accounts::key(email)))
     }
 
     /// The account with this email as it is now, if it exists and is enabled; else why not.

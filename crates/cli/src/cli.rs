@@ -51,21 +51,44 @@ pub struct Global {
 pub enum Command {
     /// Start the runnel daemon in the foreground (Ctrl-C stops it).
     Up(Up),
+    /// Walk the guide end to end on a throwaway daemon: every step's command and what a call gets.
+    Demo(crate::demo::DemoArgs),
+    /// The demo's example apps (`receiver`, `caller`), run as instances by `runnel demo`.
+    #[command(name = "__demo-app", hide = true)]
+    DemoApp(crate::demo::DemoAppArgs),
     /// Cloud Run: deploy and manage services and revisions.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  runnel run deploy hello --command=python3 --args=-m,http.server,8080 --allow-unauthenticated\n  runnel run services list\n  runnel run revisions list --service=hello"
+    )]
     Run(RunCmd),
     /// IAM: service accounts.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  runnel iam service-accounts create caller\n  runnel iam service-accounts list"
+    )]
     Iam(IamCmd),
     /// The project and its IAM policy.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  runnel projects get-iam-policy runnel-local\n  runnel projects add-iam-policy-binding runnel-local --member=user:alice@example.com --role=roles/run.developer"
+    )]
     Projects(ProjectsCmd),
     /// VPC networks, subnets and Serverless VPC Access connectors.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  runnel compute networks create vpc\n  runnel compute networks vpc-access connectors create conn --region=local1 --network=vpc --range=10.8.0.0/28"
+    )]
     Compute(ComputeCmd),
     /// API credentials for people.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  runnel auth print-identity-token --audiences=http://receiver-PROJECTNUMBER.local1.run.localhost:7781\n  runnel auth credentials create --member=user:alice@example.com --output-file=alice.credential"
+    )]
     Auth(AuthCmd),
+    /// Why a call is refused: evaluate a call step by step, or explain a refused request.
+    #[command(subcommand)]
+    Troubleshoot(crate::troubleshoot::TroubleshootCmd),
     /// The platform's logs: `--denied` shows requests refused before reaching an instance.
     #[command(
         after_help = "Example:\n  runnel logs --denied --limit=20\n\nA refused response carries its id in the X-Runnel-Request-Id header; find it here."
@@ -147,10 +170,16 @@ pub enum RunCmd {
     )]
     Deploy(Deploy),
     /// Manage services.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  runnel run services list\n  runnel run services describe receiver\n  runnel run services add-iam-policy-binding receiver --member=serviceAccount:caller@PROJECT.iam.gserviceaccount.com --role=roles/run.invoker"
+    )]
     Services(ServicesCmd),
     /// View revisions.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  runnel run revisions list --service=caller\n  runnel run revisions describe caller-00001-abc"
+    )]
     Revisions(RevisionsCmd),
 }
 
@@ -265,16 +294,32 @@ pub struct DeployFlags {
 #[allow(clippy::large_enum_variant, reason = "parsed once per process")]
 pub enum ServicesCmd {
     /// List services.
+    #[command(
+        after_help = "Examples:\n  runnel run services list\n  runnel run services list --region=- --format=json"
+    )]
     List,
     /// Show a service.
+    #[command(
+        after_help = "Examples:\n  runnel run services describe receiver\n  runnel run services describe receiver --format=json"
+    )]
     Describe { service: String },
     /// Change a service's settings (a template change deploys a new revision).
+    #[command(
+        after_help = "Examples:\n  runnel run services update receiver --ingress=internal\n  runnel run services update caller --vpc-egress=all-traffic\n  runnel run services update receiver --add-custom-audiences=https://receiver.example.com"
+    )]
     Update(Deploy),
     /// Delete a service and its revisions.
+    #[command(after_help = "Example:\n  runnel run services delete hello")]
     Delete { service: String },
     /// Show a service's IAM policy.
+    #[command(
+        after_help = "Examples:\n  runnel run services get-iam-policy receiver\n  runnel run services get-iam-policy receiver --format=json > policy.json"
+    )]
     GetIamPolicy { service: String },
     /// Replace a service's IAM policy with the one in FILE (JSON or YAML).
+    #[command(
+        after_help = "Examples:\n  runnel run services get-iam-policy receiver --format=json > policy.json\n  runnel run services set-iam-policy receiver policy.json   # edited; a stale etag is refused"
+    )]
     SetIamPolicy { service: String, file: PathBuf },
     /// Grant a role on a service.
     #[command(
@@ -282,10 +327,33 @@ pub enum ServicesCmd {
     )]
     AddIamPolicyBinding(ServiceBinding),
     /// Revoke a role on a service.
+    #[command(
+        after_help = "Example:\n  runnel run services remove-iam-policy-binding receiver --member=serviceAccount:caller@PROJECT.iam.gserviceaccount.com --role=roles/run.invoker"
+    )]
     RemoveIamPolicyBinding(ServiceBinding),
     /// Read a service's logs: its instances' output, or with --requests its request log.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  runnel run services logs read receiver --requests\n  runnel run services logs tail caller"
+    )]
     Logs(LogsCmd),
+    /// Serve a service on http://127.0.0.1:PORT with your identity, like `gcloud run services proxy`.
+    #[command(
+        long_about = "Serve a service on http://127.0.0.1:PORT: every request is forwarded to the service through the frontend with your ID token (in X-Serverless-Authorization; your own Authorization header travels unchanged), so you can call a private service with curl or a browser.\n\nRequests arrive from the internet, so an internal-only service refuses them (404, `ingress.internal_only.from_internet`). With --network=NET the daemon opens the listener instead and its requests enter network NET as an operator proxy for you; this needs `compute.networks.use` on the network (roles/compute.networkUser, editor or owner), every request is logged with your name, and the listener closes when this command ends.",
+        after_help = "Examples:\n  runnel run services proxy receiver --port=8080\n  curl http://127.0.0.1:8080/\n  runnel run services proxy internal-api --port=8081 --network=vpc"
+    )]
+    Proxy(ProxyArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ProxyArgs {
+    pub service: String,
+    /// The local port to listen on (127.0.0.1 only).
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+    /// Enter this VPC network (the daemon proxies, as an operator proxy for you).
+    #[arg(long)]
+    pub network: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -303,6 +371,9 @@ pub enum LogsCmd {
         requests: bool,
     },
     /// Print new log entries as they arrive, until Ctrl-C.
+    #[command(
+        after_help = "Examples:\n  runnel run services logs tail caller\n  runnel run services logs tail receiver --requests"
+    )]
     Tail {
         service: String,
         #[arg(long)]
@@ -333,18 +404,23 @@ pub struct Binding {
 #[derive(Debug, Subcommand)]
 pub enum RevisionsCmd {
     /// List revisions (of one service with --service).
+    #[command(after_help = "Examples:\n  runnel run revisions list\n  runnel run revisions list --service=caller")]
     List {
         #[arg(long)]
         service: Option<String>,
     },
     /// Show a revision.
+    #[command(after_help = "Example:\n  runnel run revisions describe caller-00001-abc")]
     Describe { revision: String },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum IamCmd {
     /// Manage service accounts.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  runnel iam service-accounts create caller\n  runnel iam service-accounts describe caller@PROJECT.iam.gserviceaccount.com"
+    )]
     ServiceAccounts(AccountsCmd),
 }
 
@@ -361,24 +437,38 @@ pub enum AccountsCmd {
         description: Option<String>,
     },
     /// List service accounts.
+    #[command(after_help = "Example:\n  runnel iam service-accounts list")]
     List,
     /// Show a service account.
+    #[command(after_help = "Example:\n  runnel iam service-accounts describe caller@PROJECT.iam.gserviceaccount.com")]
     Describe { account: String },
     /// Delete a service account (refused while a service runs as it).
+    #[command(after_help = "Example:\n  runnel iam service-accounts delete caller@PROJECT.iam.gserviceaccount.com")]
     Delete { account: String },
     /// Disable a service account: it gets no tokens and its calls are refused.
+    #[command(after_help = "Example:\n  runnel iam service-accounts disable caller@PROJECT.iam.gserviceaccount.com")]
     Disable { account: String },
     /// Enable a service account.
+    #[command(after_help = "Example:\n  runnel iam service-accounts enable caller@PROJECT.iam.gserviceaccount.com")]
     Enable { account: String },
     /// Show a service account's IAM policy.
+    #[command(
+        after_help = "Example:\n  runnel iam service-accounts get-iam-policy caller@PROJECT.iam.gserviceaccount.com"
+    )]
     GetIamPolicy { account: String },
     /// Grant a role on a service account (e.g. roles/iam.serviceAccountUser).
+    #[command(
+        after_help = "Example:\n  runnel iam service-accounts add-iam-policy-binding caller@PROJECT.iam.gserviceaccount.com --member=user:alice@example.com --role=roles/iam.serviceAccountUser"
+    )]
     AddIamPolicyBinding {
         account: String,
         #[command(flatten)]
         binding: Binding,
     },
     /// Revoke a role on a service account.
+    #[command(
+        after_help = "Example:\n  runnel iam service-accounts remove-iam-policy-binding caller@PROJECT.iam.gserviceaccount.com --member=user:alice@example.com --role=roles/iam.serviceAccountUser"
+    )]
     RemoveIamPolicyBinding {
         account: String,
         #[command(flatten)]
@@ -389,14 +479,21 @@ pub enum AccountsCmd {
 #[derive(Debug, Subcommand)]
 pub enum ProjectsCmd {
     /// Show the project's IAM policy.
+    #[command(after_help = "Example:\n  runnel projects get-iam-policy runnel-local")]
     GetIamPolicy { project: String },
     /// Grant a role on the project (applies to all its resources).
+    #[command(
+        after_help = "Example:\n  runnel projects add-iam-policy-binding runnel-local --member=serviceAccount:caller@PROJECT.iam.gserviceaccount.com --role=roles/run.invoker"
+    )]
     AddIamPolicyBinding {
         project: String,
         #[command(flatten)]
         binding: Binding,
     },
     /// Revoke a role on the project.
+    #[command(
+        after_help = "Example:\n  runnel projects remove-iam-policy-binding runnel-local --member=serviceAccount:caller@PROJECT.iam.gserviceaccount.com --role=roles/run.invoker"
+    )]
     RemoveIamPolicyBinding {
         project: String,
         #[command(flatten)]
@@ -407,7 +504,10 @@ pub enum ProjectsCmd {
 #[derive(Debug, Subcommand)]
 pub enum ComputeCmd {
     /// VPC networks.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  runnel compute networks create vpc\n  runnel compute networks subnets create sub --network=vpc --range=10.0.0.0/24"
+    )]
     Networks(NetworksCmd),
 }
 
@@ -424,22 +524,33 @@ pub enum NetworksCmd {
         #[arg(long)]
         description: Option<String>,
     },
+    /// List VPC networks.
+    #[command(after_help = "Example:\n  runnel compute networks list")]
     List,
-    Describe {
-        name: String,
-    },
+    /// Show a VPC network.
+    #[command(after_help = "Example:\n  runnel compute networks describe vpc")]
+    Describe { name: String },
     /// Delete a network (refused while subnets or connectors use it).
-    Delete {
-        name: String,
-    },
+    #[command(after_help = "Example:\n  runnel compute networks delete vpc")]
+    Delete { name: String },
     /// Subnets.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  runnel compute networks subnets create sub --network=vpc --range=10.0.0.0/24 --enable-private-ip-google-access\n  runnel compute networks subnets list --network=vpc"
+    )]
     Subnets(SubnetsCmd),
     /// Serverless VPC Access.
-    #[command(subcommand, name = "vpc-access")]
+    #[command(
+        subcommand,
+        name = "vpc-access",
+        after_help = "Examples:\n  runnel compute networks vpc-access connectors create conn --region=local1 --network=vpc --range=10.8.0.0/28\n  runnel compute networks vpc-access connectors list"
+    )]
     VpcAccess(VpcAccessCmd),
     /// Internal endpoints: private hosts (a database, a cache) that services reach through the VPC.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  runnel compute networks endpoints create db --network=vpc --subnet=sub --address=10.0.0.5:5432 --target=127.0.0.1:5432\n  runnel compute networks endpoints list"
+    )]
     Endpoints(EndpointsCmd),
 }
 
@@ -464,13 +575,15 @@ pub enum EndpointsCmd {
         #[arg(long)]
         description: Option<String>,
     },
+    /// List internal endpoints.
+    #[command(after_help = "Example:\n  runnel compute networks endpoints list")]
     List,
-    Describe {
-        name: String,
-    },
-    Delete {
-        name: String,
-    },
+    /// Show an internal endpoint.
+    #[command(after_help = "Example:\n  runnel compute networks endpoints describe db")]
+    Describe { name: String },
+    /// Delete an internal endpoint.
+    #[command(after_help = "Example:\n  runnel compute networks endpoints delete db")]
+    Delete { name: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -493,22 +606,28 @@ pub enum SubnetsCmd {
         description: Option<String>,
     },
     /// List subnets (all regions unless --region).
+    #[command(
+        after_help = "Examples:\n  runnel compute networks subnets list\n  runnel compute networks subnets list --network=vpc --region=local1"
+    )]
     List {
         #[arg(long)]
         network: Option<String>,
     },
-    Describe {
-        name: String,
-    },
-    Delete {
-        name: String,
-    },
+    /// Show a subnet.
+    #[command(after_help = "Example:\n  runnel compute networks subnets describe sub")]
+    Describe { name: String },
+    /// Delete a subnet (refused while connectors, endpoints or services use it).
+    #[command(after_help = "Example:\n  runnel compute networks subnets delete sub")]
+    Delete { name: String },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum VpcAccessCmd {
     /// Connectors.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  runnel compute networks vpc-access connectors create conn --region=local1 --network=vpc --range=10.8.0.0/28\n  runnel compute networks vpc-access connectors list"
+    )]
     Connectors(ConnectorsCmd),
 }
 
@@ -533,20 +652,24 @@ pub enum ConnectorsCmd {
         #[arg(long)]
         machine_type: Option<String>,
     },
+    /// List connectors.
+    #[command(after_help = "Example:\n  runnel compute networks vpc-access connectors list")]
     List,
-    Describe {
-        name: String,
-    },
+    /// Show a connector.
+    #[command(after_help = "Example:\n  runnel compute networks vpc-access connectors describe conn")]
+    Describe { name: String },
     /// Delete a connector (refused while a service uses it).
-    Delete {
-        name: String,
-    },
+    #[command(after_help = "Example:\n  runnel compute networks vpc-access connectors delete conn")]
+    Delete { name: String },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum AuthCmd {
     /// API credentials for user principals.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  runnel auth credentials create --member=user:alice@example.com --output-file=alice.credential\n  runnel auth credentials list"
+    )]
     Credentials(CredentialsCmd),
     /// Print an ID token for you, or for a service account you may impersonate.
     #[command(
@@ -557,6 +680,16 @@ pub enum AuthCmd {
         #[arg(long)]
         audiences: String,
         /// A service account to get the token for (needs iam.serviceAccounts.getOpenIdToken on it).
+        #[arg(long)]
+        impersonate_service_account: Option<String>,
+    },
+    /// Print an access token for you, or for a service account you may impersonate: the API
+    /// accepts it as that principal, with exactly its permissions, for up to an hour.
+    #[command(
+        after_help = "Examples:\n  curl -H \"Authorization: Bearer $(runnel auth print-access-token)\" http://127.0.0.1:7780/v2/projects/PROJECT/locations/local1/services\n  RUNNEL_CREDENTIAL=$(runnel auth print-access-token --impersonate-service-account=deployer@PROJECT.iam.gserviceaccount.com) runnel run services list"
+    )]
+    PrintAccessToken {
+        /// A service account to get the token for (needs iam.serviceAccounts.getAccessToken on it).
         #[arg(long)]
         impersonate_service_account: Option<String>,
     },
@@ -578,7 +711,11 @@ pub enum CredentialsCmd {
         output_file: Option<PathBuf>,
     },
     /// List credentials (never their secrets).
+    #[command(after_help = "Example:\n  runnel auth credentials list")]
     List,
     /// Revoke a credential by id.
+    #[command(
+        after_help = "Example:\n  runnel auth credentials revoke ID   # the id from `runnel auth credentials list`"
+    )]
     Revoke { id: String },
 }

@@ -130,6 +130,39 @@ impl Client {
         self.call(Method::DELETE, path, None).await
     }
 
+    /// The frontend's address (`127.0.0.1:7781`), when the daemon in `$RUNNEL_HOME` runs one.
+    pub fn frontend(&self) -> Option<String> {
+        home::read_daemon(&self.home)?.frontend.map(|f| f.trim_start_matches("http://").to_string())
+    }
+
+    /// A POST whose response stays open for as long as what it asked for lasts (an operator
+    /// proxy): no overall timeout; an API error is returned like [`Client::call`]'s.
+    pub async fn open_stream(&self, path: &str, body: &Value) -> Result<reqwest::Response> {
+        let url = format!("{}{}", self.base, path);
+        let resp = self
+            .http
+            .post(&url)
+            .bearer_auth(&self.credential)
+            .json(body)
+            .timeout(std::time::Duration::from_secs(10 * 365 * 24 * 3600))
+            .send()
+            .await
+            .map_err(|e| anyhow!("cannot reach the runnel daemon at {}: {e}", self.base))?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        let value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        let err = &value["error"];
+        Err(ApiFailure {
+            http: status,
+            status: err["status"].as_str().unwrap_or("UNKNOWN").to_string(),
+            message: err["message"].as_str().map(str::to_string).unwrap_or_else(|| format!("HTTP {status}: {text}")),
+        }
+        .into())
+    }
+
     /// `Some(value)`, or `None` on NOT_FOUND.
     pub async fn get_opt(&self, path: &str) -> Result<Option<Value>> {
         match self.get(path).await {

@@ -29,6 +29,20 @@ pub async fn auth(client: &Client, format: Format, cmd: AuthCmd) -> Result<()> {
             println!("{}", s(&v["token"]));
             return Ok(());
         }
+        AuthCmd::PrintAccessToken { impersonate_service_account } => {
+            let v = match impersonate_service_account {
+                Some(sa) => {
+                    let email =
+                        if sa.contains('@') { sa } else { format!("{sa}@{}.iam.gserviceaccount.com", client.project) };
+                    client
+                        .post(&format!("/v1/projects/-/serviceAccounts/{email}:generateAccessToken"), &json!({}))
+                        .await?
+                }
+                None => client.post(&format!("/runnel/v1/projects/{}/accessToken", client.project), &json!({})).await?,
+            };
+            println!("{}", s(&v["accessToken"]));
+            return Ok(());
+        }
     };
     let base = format!("/runnel/v1/projects/{}/credentials", client.project);
     match cmd {

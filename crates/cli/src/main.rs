@@ -6,14 +6,26 @@ mod cli;
 mod client;
 mod compute;
 mod credentials;
+mod demo;
+mod exe;
+mod explain;
 mod home;
 mod iam;
 mod node;
+mod operator;
 mod output;
+mod proxy;
 mod run;
+mod troubleshoot;
 mod up;
 
 use std::process::ExitCode;
+
+/// mimalloc rather than glibc's malloc: the frontend allocates and frees on every request, and
+/// under callgrind glibc's allocator alone was ~17% of the frontend's instructions
+/// (docs/performance.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use clap::{CommandFactory, FromArgMatches};
 
@@ -32,6 +44,12 @@ fn command_path(matches: &clap::ArgMatches) -> String {
 }
 
 async fn execute(cli: Cli) -> anyhow::Result<()> {
+    // The demo makes its own home, whatever RUNNEL_HOME says; its apps need none.
+    match cli.command {
+        Command::Demo(args) => return demo::demo(args).await,
+        Command::DemoApp(args) => return demo::app(args).await,
+        _ => {}
+    }
     let home = home::resolve(cli.global.home.as_deref())?;
     if let Command::Up(args) = cli.command {
         return up::up(&home, args).await;
@@ -45,12 +63,13 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
     })?;
     let format = cli.global.format;
     match cli.command {
-        Command::Up(_) => Ok(()),
+        Command::Up(_) | Command::Demo(_) | Command::DemoApp(_) => Ok(()),
         Command::Run(c) => run::run(&client, format, c).await,
         Command::Iam(c) => iam::iam(&client, format, c).await,
         Command::Projects(c) => iam::projects(&client, format, c).await,
         Command::Compute(c) => compute::compute(&client, format, c).await,
         Command::Auth(c) => credentials::auth(&client, format, c).await,
+        Command::Troubleshoot(c) => troubleshoot::troubleshoot(&client, format, c).await,
         Command::Logs(c) => {
             let v = client.get(&format!("/runnel/v1/projects/{}/refusals?limit={}", client.project, c.limit)).await?;
             let entries = v["entries"].as_array().cloned().unwrap_or_default();
@@ -73,6 +92,25 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// `runnel … | head` closes the pipe early; Rust's `println!` then panics with a message about a
+/// broken pipe. A command-line tool should end quietly instead, as with SIGPIPE's default action
+/// (exit status 141 = 128 + SIGPIPE). Every other panic keeps the default report.
+fn quiet_on_closed_stdout() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        default(info);
+    }));
+}
+
 fn main() -> ExitCode {
     // The sandbox's own stages run before anything else: entering namespaces needs a process
     // with a single thread.
@@ -86,17 +124,23 @@ fn main() -> ExitCode {
         Some(runnel_runtime::sandbox::BARE_ARG) => return runnel_runtime::sandbox::bare_main(),
         _ => {}
     }
+    quiet_on_closed_stdout();
     let matches = Cli::command().get_matches();
     let name = command_path(&matches);
     let cli = match Cli::from_arg_matches(&matches) {
         Ok(c) => c,
         Err(e) => e.exit(),
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("RUNNEL_LOG").unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    // The demo sends the daemon's log to a file of its own (stderr with `-v`).
+    if !matches!(cli.command, Command::Demo(_)) {
+        tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_env("RUNNEL_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {

@@ -95,7 +95,7 @@ impl OutputSink for Logs {
 
 impl RequestLog for Logs {
     fn record(&self, record: RequestRecord) {
-        self.store.append_record(&record.region, &record.service, Kind::Requests, &record);
+        self.store.append_line(&record.region, &record.service, Kind::Requests, |out| record.write_json_line(out));
     }
 
     fn refused(&self, refusal: runnel_gateway::Refusal) {
@@ -277,13 +277,21 @@ pub struct NodeChannels {
 }
 
 /// One instance's egress decisions.
-struct InstancePlanner {
-    log: Arc<Logs>,
-    cp: Arc<ControlPlane>,
-    routes: Arc<Routes>,
-    own_listeners: Vec<std::net::IpAddr>,
-    key: RevisionKey,
-    instance: String,
+pub(crate) struct InstancePlanner {
+    pub(crate) log: Arc<Logs>,
+    pub(crate) cp: Arc<ControlPlane>,
+    pub(crate) routes: Arc<Routes>,
+    pub(crate) own_listeners: Vec<std::net::IpAddr>,
+    pub(crate) key: RevisionKey,
+    pub(crate) instance: String,
+}
+
+/// An egress decision with what it was made about: the destination as classified after
+/// resolution and, for anything but a service URL, the address a tunnel would connect to.
+pub(crate) struct EgressDecision {
+    pub(crate) route: runnel_policy::egress::Route,
+    pub(crate) destination: runnel_policy::egress::Destination,
+    pub(crate) target: Option<std::net::SocketAddr>,
 }
 
 impl InstancePlanner {
@@ -312,21 +320,28 @@ impl InstancePlanner {
     }
 }
 
+impl InstancePlanner {
+    /// The egress route for a call to `host:port`, as the proxy decides it; the troubleshooter
+    /// asks the same question through here. `Err` when the calling revision is gone.
+    pub(crate) fn decide(&self, host: &str, port: u16) -> Result<EgressDecision, String> {
+        let (caller, vpc) = self
+            .cp
+            .egress_context(&self.key.region, &self.key.service, &self.key.revision)
+            .map_err(|e| format!("the calling revision is gone: {}", e.message))?;
+        let (destination, target) = self.classify(host, port);
+        let route = runnel_policy::egress::route(&caller, vpc.as_ref(), &destination, &self.own_listeners);
+        Ok(EgressDecision { route, destination, target })
+    }
+}
+
 impl runnel_gateway::EgressPlanner for InstancePlanner {
     fn plan(&self, host: &str, port: u16) -> runnel_gateway::Plan {
         use runnel_gateway::Plan;
-        use runnel_policy::egress::{self, Destination};
-        let (caller, vpc) = match self.cp.egress_context(&self.key.region, &self.key.service, &self.key.revision) {
-            Ok(c) => c,
-            Err(e) => {
-                return Plan::Refuse {
-                    reason: runnel_policy::Reason::EgressUnresolvable,
-                    message: format!("the calling revision is gone: {}", e.message),
-                };
-            }
+        use runnel_policy::egress::Destination;
+        let EgressDecision { route, destination: dest, target } = match self.decide(host, port) {
+            Ok(d) => d,
+            Err(message) => return Plan::Refuse { reason: runnel_policy::Reason::EgressUnresolvable, message },
         };
-        let (dest, target) = self.classify(host, port);
-        let route = egress::route(&caller, vpc.as_ref(), &dest, &self.own_listeners);
         let reason = route.reason();
         let (decision, origin) = route.into_parts();
         let Some(origin) = origin else {
@@ -373,8 +388,12 @@ impl runnel_gateway::EgressPlanner for InstancePlanner {
             reason: reason.to_string(),
             target: format!("{host}:{port}"),
             origin: format!("instance {} of {}", self.instance, self.key),
-            caller: Some(format!("service `{}` (revision `{}`)", self.key.service, self.key.revision)),
-            trace: Vec::new(),
+            caller: Some(
+                runnel_policy::origin::Caller::new(&self.key.service, &self.key.revision, &self.key.region).to_string(),
+            ),
+            // Refusals are rare, so the decision is made again here for its trace (the proxy
+            // keeps only the reason on its path).
+            trace: self.decide(host, port).map(|d| d.route.decision().trace.clone()).unwrap_or_default(),
         });
     }
 }
@@ -395,17 +414,57 @@ impl runnel_runtime::pool::ChannelProvider for NodeChannels {
         if let Some(uid) = uid {
             std::os::unix::fs::chown(&path, Some(uid), Some(uid))?;
         }
-        let planner = Arc::new(InstancePlanner {
-            log: self.log.clone(),
-            cp: self.cp.clone(),
-            routes: self.routes.clone(),
-            own_listeners: self.own_listeners.clone(),
-            key: key.clone(),
-            instance: instance.to_string(),
+        let planner = Arc::new(IssuerKeys {
+            planner: InstancePlanner {
+                log: self.log.clone(),
+                cp: self.cp.clone(),
+                routes: self.routes.clone(),
+                own_listeners: self.own_listeners.clone(),
+                key: key.clone(),
+                instance: instance.to_string(),
+            },
+            minter: self.metadata.minter.clone(),
         });
         let egress = tokio::spawn(self.frontend.clone().serve_egress(listener, planner));
         let metadata = self.metadata.open(key, instance, channel_dir, uid)?;
         Ok(Box::new((AbortOnDrop(egress), AbortOnDrop(metadata))))
+    }
+}
+
+/// An instance's egress planner that also serves runnel's key publication at the issuer's
+/// address, as Cloud Run services fetch Google's certificates: a service that verifies tokens
+/// itself needs the keys, but the API listener that publishes them is no destination (every
+/// other request to it stays refused with `egress.forbidden_destination`).
+struct IssuerKeys {
+    planner: InstancePlanner,
+    minter: Arc<runnel_identity::Minter>,
+}
+
+impl IssuerKeys {
+    /// `host:port` is the issuer's, as tokens name it (`http://ADDRESS:PORT`).
+    fn is_issuer(&self, host: &str, port: u16) -> bool {
+        let Some(authority) = self.minter.issuer().strip_prefix("http://") else { return false };
+        let Ok(issuer) = authority.trim_end_matches('/').parse::<std::net::SocketAddr>() else { return false };
+        let asked = host.parse::<std::net::IpAddr>().map(|ip| ip.to_canonical());
+        asked == Ok(issuer.ip().to_canonical()) && port == issuer.port()
+    }
+}
+
+impl runnel_gateway::EgressPlanner for IssuerKeys {
+    fn plan(&self, host: &str, port: u16) -> runnel_gateway::Plan {
+        self.planner.plan(host, port)
+    }
+
+    fn published(&self, host: &str, port: u16, path: &str) -> Option<runnel_gateway::Published> {
+        if !self.is_issuer(host, port) {
+            return None;
+        }
+        let json = runnel_identity::publish::document(self.minter.keys(), self.minter.issuer(), path)?;
+        Some(runnel_gateway::Published { json, max_age_seconds: runnel_identity::keys::CERTS_MAX_AGE })
+    }
+
+    fn refused(&self, request_id: &str, host: &str, port: u16, reason: runnel_policy::Reason) {
+        self.planner.refused(request_id, host, port, reason);
     }
 }
 
@@ -597,7 +656,12 @@ impl runnel_gateway::Invoker for InvokerGate {
             let principal = Principal::User { email: claims.sub.clone() };
             let decision = iam::check(&principal, "run.routes.invoke", &scopes);
             if !decision.allowed {
-                return deny(403, decision.reason, decision.trace);
+                let mut trace = decision.trace;
+                trace.push(format!(
+                    "fix: `runnel run services add-iam-policy-binding {} --region={} --member=user:{} --role=roles/run.invoker`",
+                    route.service, route.region, claims.sub
+                ));
+                return deny(403, decision.reason, trace);
             }
             return admitted(name, token);
         }
@@ -714,5 +778,17 @@ impl runnel_api::TokenIssuer for Tokens {
             .id_token(&account, audience, runnel_identity::Format::Standard, runnel_identity::unix_now())
             .map(|t| t.token.to_string())
             .map_err(|e| e.to_string())
+    }
+
+    fn access_token(&self, holder: &runnel_api::AccessTokenHolder, scopes: &[String]) -> Result<(String, u64), String> {
+        let now = runnel_identity::unix_now();
+        let token =
+            self.0.access_token(&crate::operator::minter_account(holder), scopes, now).map_err(|e| e.to_string())?;
+        Ok((token.token.to_string(), now + token.expires_in))
+    }
+
+    fn access_token_holder(&self, token: &str) -> Option<runnel_api::AccessTokenHolder> {
+        let info = self.0.access_token_principal(token, runnel_identity::unix_now())?;
+        Some(crate::operator::holder_of(&info.unique_id, info.email))
     }
 }

@@ -49,7 +49,7 @@ pub fn parse_timeout(value: &str) -> Result<String> {
     Ok(format!("{}s", n * mult))
 }
 
-fn account_email(client: &Client, value: &str) -> String {
+pub(crate) fn account_email(client: &Client, value: &str) -> String {
     if value.contains('@') { value.to_string() } else { format!("{value}@{}.iam.gserviceaccount.com", client.project) }
 }
 
@@ -354,6 +354,7 @@ pub async fn run(client: &Client, format: Format, cmd: RunCmd) -> Result<()> {
         RunCmd::Deploy(d) => deploy(client, &d, false).await,
         RunCmd::Services(ServicesCmd::Update(d)) => deploy(client, &d, true).await,
         RunCmd::Services(ServicesCmd::Logs(cmd)) => logs(client, format, &region, cmd).await,
+        RunCmd::Services(ServicesCmd::Proxy(args)) => crate::proxy::proxy(client, &region, args).await,
         RunCmd::Services(ServicesCmd::List) => {
             let v = client.get(&format!("{}/services", client.run_parent(&region))).await?;
             let items = v["services"].as_array().cloned().unwrap_or_default();

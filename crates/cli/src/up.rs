@@ -78,9 +78,30 @@ fn check_frontend_address(addr: &str, allow_insecure: bool) -> Result<()> {
 
 pub async fn up(home_dir: &Path, args: Up) -> Result<()> {
     let shutdown = Shutdown::register()?;
+    let own = std::env::current_exe().context("cannot find the runnel binary to run sandboxes with")?;
+    let exe = if args.role == Role::All && args.isolation == IsolationFlag::Sandbox {
+        crate::exe::for_sandboxes(&own)?
+    } else {
+        own.clone()
+    };
+    if exe != own {
+        println!("{} is not readable by instances' users; sandboxes run a copy at {}", own.display(), exe.display());
+    }
+    serve(home_dir, args, exe, shutdown.wait(), true).await
+}
+
+/// The daemon until `stop` resolves, running sandboxes with `exe` (a runnel executable that
+/// instances' uids may read). `runnel demo` runs it in-process with its own executable, stop
+/// and words to the user (`announce: false`).
+pub async fn serve(
+    home_dir: &Path,
+    args: Up,
+    exe: PathBuf,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+    announce: bool,
+) -> Result<()> {
     home::prepare(home_dir)?;
     let node = args.role == Role::All;
-    let exe = std::env::current_exe().context("cannot find the runnel binary to run sandboxes with")?;
     if node {
         check_frontend_address(&args.frontend_address, args.allow_insecure_frontend)?;
         if args.isolation == IsolationFlag::Sandbox {
@@ -130,6 +151,9 @@ pub async fn up(home_dir: &Path, args: Up) -> Result<()> {
 
     // The node: instances and the frontend.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    // Turns true as soon as the daemon starts stopping: operator proxies' held-open API
+    // responses end then, or the API's graceful shutdown would wait for them forever.
+    let (closing_tx, closing_rx) = tokio::sync::watch::channel(false);
     let mut node_task = None;
     let mut frontend_task = None;
     let mut frontend_addr = None;
@@ -166,6 +190,11 @@ pub async fn up(home_dir: &Path, args: Up) -> Result<()> {
         };
         let routes = Arc::new(Routes::default());
         let front = Arc::new(Frontend::new(routes.clone(), sink.clone(), FrontendConfig::default()));
+        cp.set_operator_proxies(Arc::new(crate::operator::ProxyHost {
+            frontend: front.clone(),
+            minter: minter.clone(),
+            stop: closing_rx.clone(),
+        }));
         // Without a sandbox there is no egress channel to serve: instances use the host's network.
         let channels: Option<Arc<dyn runnel_runtime::pool::ChannelProvider>> = match isolation {
             Isolation::Sandbox => Some(Arc::new(NodeChannels {
@@ -178,6 +207,15 @@ pub async fn up(home_dir: &Path, args: Up) -> Result<()> {
             })),
             Isolation::None => None,
         };
+        // The troubleshooter asks the same objects as the data path: these routes, this log,
+        // this minter, the same listeners that no instance may reach.
+        cp.set_troubleshooter(Arc::new(crate::explain::Explainer {
+            cp: Arc::downgrade(&cp),
+            routes: routes.clone(),
+            log: sink.clone(),
+            minter: minter.clone(),
+            own_listeners: vec![api_addr.ip(), listener.local_addr()?.ip()],
+        }));
         let host = Arc::new(Host {
             exe,
             instances_dir,
@@ -231,21 +269,23 @@ pub async fn up(home_dir: &Path, args: Up) -> Result<()> {
         println!("{warning}");
         tracing::warn!("{warning}");
     }
-    println!("runnel is up for project {} (number {})", project.project_id, project.project_number);
-    println!("  api:          http://{api_addr}");
-    match frontend_addr {
-        Some(a) => println!(
-            "  frontend:     http://{a}  (services at http://SERVICE-{}.REGION.{}:{port})",
-            project.project_number, args.domain
-        ),
-        None => println!(
-            "  frontend:     none (--role=control-plane); service URLs are http://SERVICE-{}.REGION.{}:{port}",
-            project.project_number, args.domain
-        ),
+    if announce {
+        println!("runnel is up for project {} (number {})", project.project_id, project.project_number);
+        println!("  api:          http://{api_addr}");
+        match frontend_addr {
+            Some(a) => println!(
+                "  frontend:     http://{a}  (services at http://SERVICE-{}.REGION.{}:{port})",
+                project.project_number, args.domain
+            ),
+            None => println!(
+                "  frontend:     none (--role=control-plane); service URLs are http://SERVICE-{}.REGION.{}:{port}",
+                project.project_number, args.domain
+            ),
+        }
+        println!("  state:        {}", home_dir.display());
+        println!("  credential:   {} (owner {})", home_dir.join(home::OWNER_CREDENTIAL).display(), args.owner);
+        println!("Press Ctrl-C to stop.");
     }
-    println!("  state:        {}", home_dir.display());
-    println!("  credential:   {} (owner {})", home_dir.join(home::OWNER_CREDENTIAL).display(), args.owner);
-    println!("Press Ctrl-C to stop.");
 
     // Refusal counters for Prometheus: reason codes only, nothing secret, so no credential.
     let metrics_source = sink.clone();
@@ -261,7 +301,11 @@ pub async fn up(home_dir: &Path, args: Up) -> Result<()> {
             async move { ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], m.metrics()) }
         }),
     );
-    axum::serve(api, app).with_graceful_shutdown(shutdown.wait()).await.context("the API server failed")?;
+    let stopping = async move {
+        stop.await;
+        let _ = closing_tx.send(true);
+    };
+    axum::serve(api, app).with_graceful_shutdown(stopping).await.context("the API server failed")?;
     // Stop instances (SIGTERM, then SIGKILL after 10 s) and the frontend before saying so.
     let _ = stop_tx.send(true);
     if let Some(t) = node_task {
@@ -270,6 +314,8 @@ pub async fn up(home_dir: &Path, args: Up) -> Result<()> {
     if let Some(t) = frontend_task {
         let _ = tokio::time::timeout(Duration::from_secs(15), t).await;
     }
+    // Request and instance log lines are written in batches: the last ones go out now.
+    logs.flush();
     let _ = std::fs::remove_file(home_dir.join(home::DAEMON_FILE));
     println!("runnel stopped.");
     Ok(())

@@ -9,7 +9,9 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::io;
+use std::io::{self, IoSliceMut};
+use std::mem::MaybeUninit;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,15 +25,22 @@ use hyper::http::uri::Authority;
 use hyper::rt::{Read, ReadBufCursor, Write};
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::TokioIo;
-use tokio::io::AsyncReadExt;
-use tokio::net::UnixStream;
+use rustix::net::{
+    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, SocketType, recvmsg,
+};
+use tokio::io::Interest;
+use tokio::net::{TcpStream, UnixStream};
 
 use crate::contract::Lease;
 
 /// The socket in an instance's channel directory that leads to its workload's port.
 const PORT_SOCKET: &str = "port.sock";
-/// The first byte the channel sends once it has connected to the workload.
+/// The channel's first byte when the workload's stream follows on the channel itself.
 const PORT_CONNECTED: u8 = 1;
+/// The channel's first and only byte when it passes the workload's connected socket.
+const PORT_PASSED: u8 = 2;
+/// The channel's first and only byte when nothing listens on the workload's port.
+const PORT_REFUSED: u8 = 0;
 const AUTHORITY_PREFIX: &str = "instance-";
 /// Above this many known instances, ones unused for [`FORGET_AFTER`] are dropped when a new
 /// one is added; by then their pooled connections have long expired.
@@ -145,9 +154,9 @@ pub(crate) struct InstanceConnector {
 }
 
 impl tower::Service<Uri> for InstanceConnector {
-    type Response = ChannelStream;
+    type Response = InstanceStream;
     type Error = io::Error;
-    type Future = Pin<Box<dyn Future<Output = io::Result<ChannelStream>> + Send>>;
+    type Future = Pin<Box<dyn Future<Output = io::Result<InstanceStream>> + Send>>;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
         Poll::Ready(Ok(()))
@@ -159,55 +168,148 @@ impl tower::Service<Uri> for InstanceConnector {
         Box::pin(async move {
             let dir = dir.ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "the instance is no longer known"))?;
             match tokio::time::timeout(limit, connect_port(&dir)).await {
-                Ok(stream) => Ok(ChannelStream(TokioIo::new(stream?))),
+                Ok(stream) => stream,
                 Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "the instance's port channel did not answer")),
             }
         })
     }
 }
 
-/// Connects to the workload through the channel: the channel answers one byte, 1 when it
-/// reached the workload's port (the workload's stream follows), 0 or nothing when nothing
-/// listens there.
-async fn connect_port(channel_dir: &Path) -> io::Result<UnixStream> {
-    let mut stream = UnixStream::connect(channel_dir.join(PORT_SOCKET)).await?;
-    let mut first = [0u8; 1];
-    match stream.read(&mut first).await? {
-        1 if first[0] == PORT_CONNECTED => Ok(stream),
-        _ => Err(io::Error::new(io::ErrorKind::ConnectionRefused, "nothing listens on the instance's port")),
+/// Connects to the workload through the instance's `port.sock` channel. The channel answers
+/// one byte: [`PORT_PASSED`] with the workload's connected TCP socket attached (runnel's
+/// sandbox), [`PORT_CONNECTED`] when the workload's stream follows on the channel itself (a
+/// relay), or 0 or nothing when nothing listens on the workload's port.
+async fn connect_port(channel_dir: &Path) -> io::Result<InstanceStream> {
+    let channel = UnixStream::connect(channel_dir.join(PORT_SOCKET)).await?;
+    let answer = loop {
+        channel.readable().await?;
+        match channel.try_io(Interest::READABLE, || receive_answer(&channel)) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            answer => break answer?,
+        }
+    };
+    match answer {
+        Answer::Passed(socket) => {
+            let socket = TcpStream::from_std(socket)?;
+            // Responses are small and whole; Nagle would only delay them.
+            let _ = socket.set_nodelay(true);
+            Ok(InstanceStream::Tcp(TokioIo::new(socket)))
+        }
+        Answer::Relayed => Ok(InstanceStream::Channel(TokioIo::new(channel))),
+        Answer::Refused => {
+            Err(io::Error::new(io::ErrorKind::ConnectionRefused, "nothing listens on the instance's port"))
+        }
     }
 }
 
-/// A connection to a workload, as hyper's pool wants it.
-pub(crate) struct ChannelStream(TokioIo<UnixStream>);
+/// What an instance's channel answered.
+#[derive(Debug)]
+enum Answer {
+    Passed(std::net::TcpStream),
+    Relayed,
+    Refused,
+}
 
-impl Connection for ChannelStream {
+/// Receives the channel's answer. The descriptor comes from the sandbox, i.e. from untrusted
+/// code, so it is taken only if it is exactly one stream socket of the internet families, and
+/// then used only as a byte stream; anything else closes the channel (every descriptor that
+/// came closes with the ancillary buffer) and counts as a failed connection.
+fn receive_answer(channel: &UnixStream) -> io::Result<Answer> {
+    let mut byte = [0u8; 1];
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    // CMSG_CLOEXEC: a descriptor must never leak into a process the daemon starts.
+    let received = recvmsg(channel, &mut [IoSliceMut::new(&mut byte)], &mut control, RecvFlags::CMSG_CLOEXEC)?;
+    let mut passed = None;
+    let mut count = 0usize;
+    for message in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(fds) = message {
+            for fd in fds {
+                count += 1;
+                passed.get_or_insert(fd);
+            }
+        }
+    }
+    let truncated = received.flags.contains(ReturnFlags::CTRUNC);
+    match (received.bytes, byte[0], passed) {
+        (1, PORT_PASSED, Some(fd)) if count == 1 && !truncated => Ok(Answer::Passed(workload_socket(fd)?)),
+        (1, PORT_CONNECTED, None) if !truncated => Ok(Answer::Relayed),
+        (0, _, None) | (1, PORT_REFUSED, None) => Ok(Answer::Refused),
+        _ => Err(untrusted("the instance's channel answered something other than one connection")),
+    }
+}
+
+/// Checks that a descriptor passed by an instance is a TCP-like stream socket and makes it
+/// non-blocking for the runtime.
+fn workload_socket(fd: OwnedFd) -> io::Result<std::net::TcpStream> {
+    let stat = rustix::fs::fstat(&fd)?;
+    if rustix::fs::FileType::from_raw_mode(stat.st_mode) != rustix::fs::FileType::Socket {
+        return Err(untrusted("the instance passed a descriptor that is not a socket"));
+    }
+    if rustix::net::sockopt::socket_type(&fd)? != SocketType::STREAM {
+        return Err(untrusted("the instance passed a socket that is not a stream socket"));
+    }
+    let family = rustix::net::sockopt::socket_domain(&fd)?;
+    if family != AddressFamily::INET && family != AddressFamily::INET6 {
+        return Err(untrusted("the instance passed a socket that is not a TCP socket"));
+    }
+    rustix::io::ioctl_fionbio(&fd, true)?;
+    Ok(std::net::TcpStream::from(fd))
+}
+
+fn untrusted(what: &'static str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, what)
+}
+
+/// A connection to a workload, as hyper's pool wants it: its own TCP socket, or a channel
+/// that relays its stream.
+pub(crate) enum InstanceStream {
+    Tcp(TokioIo<TcpStream>),
+    Channel(TokioIo<UnixStream>),
+}
+
+impl Connection for InstanceStream {
     fn connected(&self) -> Connected {
         Connected::new()
     }
 }
 
-impl Read for ChannelStream {
+impl Read for InstanceStream {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: ReadBufCursor<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
+        match self.get_mut() {
+            InstanceStream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            InstanceStream::Channel(s) => Pin::new(s).poll_read(cx, buf),
+        }
     }
 }
 
-impl Write for ChannelStream {
+impl Write for InstanceStream {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
+        match self.get_mut() {
+            InstanceStream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            InstanceStream::Channel(s) => Pin::new(s).poll_write(cx, buf),
+        }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_flush(cx)
+        match self.get_mut() {
+            InstanceStream::Tcp(s) => Pin::new(s).poll_flush(cx),
+            InstanceStream::Channel(s) => Pin::new(s).poll_flush(cx),
+        }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
+        match self.get_mut() {
+            InstanceStream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            InstanceStream::Channel(s) => Pin::new(s).poll_shutdown(cx),
+        }
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.0.is_write_vectored()
+        match self {
+            InstanceStream::Tcp(s) => s.is_write_vectored(),
+            InstanceStream::Channel(s) => s.is_write_vectored(),
+        }
     }
 
     fn poll_write_vectored(
@@ -215,7 +317,10 @@ impl Write for ChannelStream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().0).poll_write_vectored(cx, bufs)
+        match self.get_mut() {
+            InstanceStream::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            InstanceStream::Channel(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+        }
     }
 }
 
@@ -259,6 +364,72 @@ mod tests {
         let later = start + FORGET_AFTER + Duration::from_secs(5);
         instances.authority_for(&lease("fresh", "/run/fresh"), later).unwrap();
         assert_eq!(instances.len(), 1);
+    }
+
+    /// Sends `byte` with `fds` attached, as a sandbox (honest or not) would.
+    fn answer(channel: &std::os::unix::net::UnixStream, byte: u8, fds: &[std::os::fd::BorrowedFd<'_>]) {
+        use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags, sendmsg};
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(4))];
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        if !fds.is_empty() {
+            assert!(control.push(SendAncillaryMessage::ScmRights(fds)));
+        }
+        sendmsg(channel, &[io::IoSlice::new(&[byte])], &mut control, SendFlags::empty()).unwrap();
+    }
+
+    fn received(byte: u8, fds: &[std::os::fd::BorrowedFd<'_>]) -> io::Result<Answer> {
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        answer(&theirs, byte, fds);
+        ours.set_nonblocking(true).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async { receive_answer(&UnixStream::from_std(ours).unwrap()) })
+    }
+
+    #[test]
+    fn a_passed_tcp_socket_becomes_the_connection_to_the_workload() {
+        use std::io::{Read as _, Write as _};
+        use std::os::fd::AsFd;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut server, _) = listener.accept().unwrap();
+        let Answer::Passed(mut passed) = received(PORT_PASSED, &[client.as_fd()]).unwrap() else {
+            panic!("a TCP socket should be taken")
+        };
+        drop(client);
+        passed.set_nonblocking(false).unwrap();
+        passed.write_all(b"ping").unwrap();
+        let mut buf = [0u8; 4];
+        server.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"ping");
+    }
+
+    #[test]
+    fn anything_but_one_stream_socket_is_refused() {
+        use std::os::fd::AsFd;
+        let file = tempfile::tempfile().unwrap();
+        let (unix_a, unix_b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let tcp = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let cases: [(&str, u8, Vec<std::os::fd::BorrowedFd<'_>>); 6] = [
+            ("a file", PORT_PASSED, vec![file.as_fd()]),
+            ("a Unix socket", PORT_PASSED, vec![unix_a.as_fd()]),
+            ("a UDP socket", PORT_PASSED, vec![udp.as_fd()]),
+            ("two sockets", PORT_PASSED, vec![tcp.as_fd(), tcp.as_fd()]),
+            ("no socket", PORT_PASSED, vec![]),
+            ("a socket with the relay's byte", PORT_CONNECTED, vec![tcp.as_fd()]),
+        ];
+        for (what, byte, fds) in cases {
+            let err = received(byte, &fds).expect_err(what);
+            assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{what}: {err}");
+        }
+        drop(unix_b);
+    }
+
+    #[test]
+    fn the_relay_byte_and_the_refusal_byte_keep_their_meaning() {
+        assert!(matches!(received(PORT_CONNECTED, &[]).unwrap(), Answer::Relayed));
+        assert!(matches!(received(PORT_REFUSED, &[]).unwrap(), Answer::Refused));
     }
 
     #[test]

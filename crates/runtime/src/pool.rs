@@ -398,7 +398,7 @@ async fn probe(pool: &Pool, instance: &Instance, child: &mut tokio::process::Chi
         if let Ok(Some(status)) = child.try_wait() {
             return Probe::Exited(status.to_string());
         }
-        if let Ok(Some(_conn)) = sandbox::connect_port(&instance.channel_dir()).await {
+        if let Ok(true) = sandbox::port_accepts(&instance.channel_dir()).await {
             return Probe::Ready;
         }
         if Instant::now() >= deadline {

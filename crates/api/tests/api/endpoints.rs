@@ -118,3 +118,19 @@ async fn endpoint_refusals() {
         "permission `compute.endpoints.list` denied",
     );
 }
+
+/// Egress proxies read the endpoints on every outbound call, from a snapshot kept until the next
+/// commit: a created or deleted endpoint must be seen by the very next call.
+#[tokio::test]
+async fn the_egress_path_sees_each_endpoint_change_on_the_next_read() {
+    let api = Api::new().await;
+    api.network_setup().await;
+    assert!(api.cp.endpoints().unwrap().is_empty());
+    assert!(api.cp.endpoints().unwrap().is_empty(), "a second read, from the snapshot");
+    let body = json!({"name": "db", "subnetwork": "sub", "address": "10.0.0.5:5432", "target": "127.0.0.1:5432"});
+    api.post(&api.owner, &endpoints("local1"), &body).await.ok();
+    let seen = api.cp.endpoints().unwrap();
+    assert_eq!(seen.iter().map(|e| e.hostname.as_str()).collect::<Vec<_>>(), ["db.vpc.internal"]);
+    api.delete(&api.owner, &format!("{}/db", endpoints("local1"))).await.ok();
+    assert!(api.cp.endpoints().unwrap().is_empty(), "the deletion is seen at once");
+}

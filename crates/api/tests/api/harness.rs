@@ -17,6 +17,8 @@ pub const ALICE: &str = "user:alice@example.com";
 /// A project served from an in-memory store, and its owner's credential.
 pub struct Api {
     app: Router,
+    /// The control plane behind the router, for what the daemon asks it directly.
+    pub cp: Arc<runnel_api::ControlPlane>,
     pub owner: String,
     pub number: String,
 }
@@ -103,6 +105,12 @@ impl Refusal {
 
 impl Api {
     pub async fn new() -> Api {
+        Self::with_plane(|cp| cp).await
+    }
+
+    /// A project whose control plane `daemon` first gives what a daemon would (token issuer,
+    /// operator proxies).
+    pub async fn with_plane(daemon: impl FnOnce(runnel_api::ControlPlane) -> runnel_api::ControlPlane) -> Api {
         let store = Arc::new(runnel_store::RedbStore::in_memory().unwrap());
         let owner = runnel_api::new_secret();
         let cp = runnel_api::bootstrap(
@@ -111,7 +119,8 @@ impl Api {
             runnel_api::Settings { url_suffix: "run.localhost:7781".into(), default_region: "local1".into() },
         )
         .unwrap();
-        let mut api = Api { app: runnel_api::app(Arc::new(cp)), owner, number: String::new() };
+        let cp = Arc::new(daemon(cp));
+        let mut api = Api { app: runnel_api::app(cp.clone()), cp, owner, number: String::new() };
         let project = api.get(&api.owner, &format!("/v1/projects/{PROJECT}")).await.ok();
         api.number = project["projectNumber"].as_str().unwrap().to_string();
         assert_eq!(api.number.len(), 12, "project number {project}");

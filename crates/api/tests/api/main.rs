@@ -14,3 +14,4 @@ mod iam;
 mod networks;
 mod permissions;
 mod services;
+mod tokens;

@@ -61,13 +61,21 @@ def metadata(path):
         return r.read().decode()
 
 
-def invoke(url, kind, audience):
+ID_TOKENS = {}
+
+
+def invoke(url, kind, audience, cached=False):
     # Calls `url` with a token from the metadata server: an ID token for `audience`, an access
-    # token, or none.
+    # token, or none. With `cached`, an ID token fetched before is used again, as client
+    # libraries do until it expires.
     headers = {}
     try:
-        if kind == "id":
-            headers["Authorization"] = "Bearer " + metadata("identity?audience=" + urllib.parse.quote(audience, safe=""))
+        if kind == "id" and cached and audience in ID_TOKENS:
+            headers["Authorization"] = "Bearer " + ID_TOKENS[audience]
+        elif kind == "id":
+            token = metadata("identity?audience=" + urllib.parse.quote(audience, safe=""))
+            ID_TOKENS[audience] = token
+            headers["Authorization"] = "Bearer " + token
         elif kind == "access":
             headers["Authorization"] = "Bearer " + json.loads(metadata("token"))["access_token"]
     except urllib.error.HTTPError as e:
@@ -84,7 +92,7 @@ class Handler(BaseHTTPRequestHandler):
         q = urllib.parse.parse_qs(urllib.parse.urlparse(self.path).query)
         if "invoke" in q:
             url = q["invoke"][0]
-            result = invoke(url, q.get("token", ["id"])[0], q.get("aud", [url])[0])
+            result = invoke(url, q.get("token", ["id"])[0], q.get("aud", [url])[0], "cache" in q)
         elif "url" in q:
             result = fetch(q["url"][0], "proxy" in q)
         elif "tunnel" in q:

@@ -13,6 +13,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+mod clients;
+mod conformance;
+mod proxy;
+
 const BIN: &str = env!("CARGO_BIN_EXE_runnel");
 
 /// A daemon with its own home; killed (and so its instances) when dropped.
@@ -45,6 +49,11 @@ fn world_readable(p: &Path) {
 
 impl Daemon {
     fn start(name: &str) -> Daemon {
+        Self::start_with(name, BIN)
+    }
+
+    /// A daemon of the runnel executable at `bin`.
+    fn start_with(name: &str, bin: &str) -> Daemon {
         let base = test_base();
         let root = base.join(format!("net-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
@@ -60,7 +69,7 @@ impl Daemon {
         let _ = Command::new("chmod").arg("a+x").arg(&base).status();
         world_readable(&apps);
         let log = root.join("daemon.log");
-        let child = Command::new(BIN)
+        let child = Command::new(bin)
             .args(["up", "--api-address=127.0.0.1:0", "--frontend-address=127.0.0.1:0", "--startup-deadline=20"])
             .env("RUNNEL_HOME", &home)
             .env("NO_COLOR", "1")
@@ -646,7 +655,12 @@ fn people_call_private_services_with_print_identity_token() {
     assert!(ok);
     let (status, id) = call(Some(token.trim()));
     assert_eq!(status, 403);
-    assert_eq!(d.reason_for(&id.unwrap()), "iam.no_binding");
+    let id = id.unwrap();
+    assert_eq!(d.reason_for(&id), "iam.no_binding");
+    // The refusal says how to grant it.
+    let why: Value = serde_json::from_str(&d.ok(&["troubleshoot", "request", &id, "--format=json"])).unwrap();
+    let fixes = why["fixes"].to_string();
+    assert!(fixes.contains("--member=user:alice@example.com --role=roles/run.invoker"), "{why}");
     d.ok(&["iam", "service-accounts", "create", "caller-sa"]);
     let sa = "caller-sa@runnel-local.iam.gserviceaccount.com";
     let (ok, _, err) = alice(&[

@@ -125,13 +125,25 @@ print("go" if os.path.exists(sys.argv[1]) else "no go", flush=True)
     }
 }
 
-/// Connects to `port.sock` and returns the first byte and the stream.
-fn open_port(run: &Path) -> (u8, UnixStream) {
-    let mut s = UnixStream::connect(run.join("port.sock")).expect("connect port.sock");
+/// Connects to `port.sock` and returns the first byte, the socket passed with it (the
+/// workload's connection, with `SCM_RIGHTS`) and the channel.
+fn open_port(run: &Path) -> (u8, Option<std::os::fd::OwnedFd>, UnixStream) {
+    use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, recvmsg};
+    let s = UnixStream::connect(run.join("port.sock")).expect("connect port.sock");
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut first = [0u8; 1];
-    s.read_exact(&mut first).expect("the first byte of port.sock");
-    (first[0], s)
+    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let got = recvmsg(&s, &mut [std::io::IoSliceMut::new(&mut first)], &mut control, RecvFlags::CMSG_CLOEXEC)
+        .expect("the first byte of port.sock");
+    assert_eq!(got.bytes, 1, "port.sock closed without a byte");
+    let mut passed = None;
+    for message in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(mut fds) = message {
+            passed = fds.next();
+        }
+    }
+    (first[0], passed, s)
 }
 
 #[test]
@@ -152,17 +164,22 @@ exec /usr/bin/python3 -m http.server --bind 0.0.0.0 --directory /tmp "$2""#;
         assert!(Instant::now() < deadline, "port.sock never appeared: {}", sandbox.stderr());
         std::thread::sleep(Duration::from_millis(10));
     }
-    let (first, mut s) = open_port(&run);
+    let (first, passed, mut s) = open_port(&run);
     assert_eq!(first, 0, "port.sock said connected before the workload listened");
+    assert!(passed.is_none(), "port.sock passed a socket although nothing listened");
     let mut rest = Vec::new();
     s.read_to_end(&mut rest).unwrap();
     assert_eq!(rest, b"", "port.sock sent more after refusing");
 
     crate::harness::world_readable(&go, "");
+    // Once it listens: one byte, 2, with the workload's own connection attached.
     let mut stream = loop {
-        let (first, s) = open_port(&run);
-        if first == 1 {
-            break s;
+        let (first, passed, _) = open_port(&run);
+        if first == 2 {
+            let stream = TcpStream::from(passed.expect("the workload's connection comes with the byte"));
+            // It was the sandbox's non-blocking socket; the file status flags came along.
+            stream.set_nonblocking(false).unwrap();
+            break stream;
         }
         assert!(Instant::now() < deadline, "the workload never accepted through port.sock: {}", sandbox.stderr());
         std::thread::sleep(Duration::from_millis(20));

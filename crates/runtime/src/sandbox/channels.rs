@@ -1,16 +1,19 @@
 //! The instance's channels, as seen from inside: listeners in the sandbox's network namespace
-//! bridged to Unix sockets in its channel directory, which is the same directory the daemon
+//! bridged to Unix sockets in its channel directory (and, inbound, the workload's own
+//! connections handed over on one), which is the same directory the daemon
 //! sees under `$RUNNEL_HOME`. Each directory belongs to one instance, so the daemon knows who is
 //! calling from the socket a connection arrives on, whatever the request says.
 
+use std::io::IoSlice;
+use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use nix::mount::{MsFlags, mount};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 
-use super::spec::{CHANNEL_DIR, Channels, PORT_CONNECTED, PORT_REFUSED, SandboxSpec};
+use super::spec::{CHANNEL_DIR, Channels, PORT_PASSED, PORT_REFUSED, SandboxSpec};
 
 pub(super) struct Open {
     port_listener: UnixListener,
@@ -63,24 +66,49 @@ where
     let _ = tokio::io::copy_bidirectional(&mut a, &mut b).await;
 }
 
-/// Serves the `port.sock` channel: each connection is bridged to the workload's port.
+/// Serves the `port.sock` channel: for each connection, connects to the workload's port here,
+/// in the sandbox's network namespace, and hands the connected socket to the daemon with
+/// `SCM_RIGHTS` (a TCP socket keeps working in the namespace it was made in, whoever holds
+/// it). The daemon then talks to the workload directly: no process of the sandbox sits on the
+/// request path and no byte is copied here. One byte tells the daemon whether the workload took
+/// the connection, so a readiness probe through this channel means what a TCP probe means.
 pub(super) async fn bridge_port(port_listener: UnixListener, workload: SocketAddr) {
     while let Ok((mut conn, _)) = port_listener.accept().await {
         tokio::spawn(async move {
-            // One byte tells the daemon whether the workload took the connection, so a
-            // readiness probe through this bridge means what a TCP probe means.
             match TcpStream::connect(workload).await {
                 Ok(app) => {
                     let _ = app.set_nodelay(true);
-                    if conn.write_all(&[PORT_CONNECTED]).await.is_ok() {
-                        splice(conn, app).await;
-                    }
+                    // Our copy of the socket closes when `app` drops; the daemon's stays open.
+                    let _ = pass_socket(&conn, &app).await;
                 }
                 Err(_) => {
                     let _ = conn.write_all(&[PORT_REFUSED]).await;
                 }
             }
         });
+    }
+}
+
+/// Sends [`PORT_PASSED`] with `app`'s descriptor attached.
+async fn pass_socket(conn: &UnixStream, app: &TcpStream) -> std::io::Result<()> {
+    use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags, sendmsg};
+    use std::os::fd::AsFd;
+    loop {
+        conn.writable().await?;
+        let sent = conn.try_io(Interest::WRITABLE, || {
+            let fds = [app.as_fd()];
+            let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+            let mut control = SendAncillaryBuffer::new(&mut space);
+            if !control.push(SendAncillaryMessage::ScmRights(&fds)) {
+                return Err(std::io::Error::other("no room for the descriptor in the ancillary buffer"));
+            }
+            Ok(sendmsg(conn, &[IoSlice::new(&[PORT_PASSED])], &mut control, SendFlags::NOSIGNAL)?)
+        });
+        match sent {
+            Ok(_) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
     }
 }
 

@@ -30,7 +30,9 @@ mod spec;
 
 pub use bare::bare_main;
 pub use init::{stage1_main, stage2_main};
-pub use spec::{CHANNEL_DIR, Channels, EGRESS_PROXY, METADATA_ADDR, PORT_CONNECTED, PORT_REFUSED, SandboxSpec};
+pub use spec::{
+    CHANNEL_DIR, Channels, EGRESS_PROXY, METADATA_ADDR, PORT_CONNECTED, PORT_PASSED, PORT_REFUSED, SandboxSpec,
+};
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -89,14 +91,29 @@ pub fn probe(exe: &Path) -> Result<(), String> {
     if out.status.success() { Ok(()) } else { Err(String::from_utf8_lossy(&out.stderr).trim().to_string()) }
 }
 
-/// Opens a connection to an instance's workload through its `port.sock` channel. `Ok(None)`
-/// means the sandbox is up but nothing listens on the port yet.
-pub async fn connect_port(channel_dir: &Path) -> std::io::Result<Option<tokio::net::UnixStream>> {
-    use tokio::io::AsyncReadExt;
-    let mut stream = tokio::net::UnixStream::connect(channel_dir.join(Channels::PORT)).await?;
-    let mut first = [0u8; 1];
-    match stream.read(&mut first).await? {
-        1 if first[0] == PORT_CONNECTED => Ok(Some(stream)),
-        _ => Ok(None),
+/// Whether an instance's workload accepts connections, asked through its `port.sock` channel
+/// as the frontend connects (the startup probe). Any socket the channel passes is closed at
+/// once: the probe only needs to know that the workload took the connection.
+pub async fn port_accepts(channel_dir: &Path) -> std::io::Result<bool> {
+    let stream = tokio::net::UnixStream::connect(channel_dir.join(Channels::PORT)).await?;
+    loop {
+        stream.readable().await?;
+        match stream.try_io(tokio::io::Interest::READABLE, || first_byte(&stream)) {
+            Ok(byte) => return Ok(matches!(byte, Some(PORT_CONNECTED | PORT_PASSED))),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
     }
+}
+
+/// Receives the channel's first byte; the descriptors that may come with it are dropped
+/// (closed) with the ancillary buffer.
+fn first_byte(stream: &tokio::net::UnixStream) -> std::io::Result<Option<u8>> {
+    use rustix::net::{RecvAncillaryBuffer, RecvFlags, recvmsg};
+    let mut byte = [0u8; 1];
+    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let received = recvmsg(stream, &mut [std::io::IoSliceMut::new(&mut byte)], &mut control, RecvFlags::CMSG_CLOEXEC)?;
+    control.drain().for_each(drop);
+    Ok((received.bytes == 1).then_some(byte[0]))
 }

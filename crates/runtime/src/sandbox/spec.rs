@@ -12,9 +12,15 @@ pub const METADATA_ADDR: &str = "169.254.169.254:80";
 /// The egress proxy's fixed loopback address inside every sandbox.
 pub const EGRESS_PROXY: &str = "127.0.0.1:3128";
 
-/// The first byte the sandbox sends on a `port.sock` connection: the workload accepted it,
-/// and what follows is the workload's stream.
+/// The first byte of a `port.sock` connection whose other end relays the workload's stream
+/// itself: what follows on the Unix socket is the workload's stream. runnel's sandbox does not
+/// answer this way (it sends [`PORT_PASSED`]); the daemon still accepts it, as it is no more
+/// than a byte stream either way.
 pub const PORT_CONNECTED: u8 = 1;
+/// The first and only byte of a `port.sock` connection when the workload accepted the
+/// connection: it comes with the connected TCP socket itself, passed with `SCM_RIGHTS`, so the
+/// daemon talks to the workload directly and nothing in the sandbox copies bytes.
+pub const PORT_PASSED: u8 = 2;
 /// The first and only byte when nothing listens on the workload's port (yet).
 pub const PORT_REFUSED: u8 = 0;
 
