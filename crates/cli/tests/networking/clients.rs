@@ -48,17 +48,7 @@ fn place_examples(d: &Daemon) -> PathBuf {
 
 /// Deploys the guide's network: a VPC with a connector, and the caller's service account.
 fn vpc_and_account(d: &Daemon) {
-    d.ok(&["compute", "networks", "create", "vpc"]);
-    d.ok(&[
-        "compute",
-        "networks",
-        "vpc-access",
-        "connectors",
-        "create",
-        "conn",
-        "--network=vpc",
-        "--range=10.8.0.0/28",
-    ]);
+    d.vpc_with_connector();
     d.ok(&["iam", "service-accounts", "create", "caller-sa"]);
 }
 

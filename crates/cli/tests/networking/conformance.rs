@@ -120,17 +120,7 @@ fn every_row_of_the_conformance_table_live_and_troubleshot() {
     t.row("caller without VPC access", t.call("id", None, false), &[], 404, "ingress.internal_only.from_internet");
 
     // A connector with private-ranges-only: the service URL is a public name, so the call leaves directly.
-    d.ok(&["compute", "networks", "create", "vpc"]);
-    d.ok(&[
-        "compute",
-        "networks",
-        "vpc-access",
-        "connectors",
-        "create",
-        "conn",
-        "--network=vpc",
-        "--range=10.8.0.0/28",
-    ]);
+    d.vpc_with_connector();
     d.ok(&["run", "services", "update", "caller", "--vpc-connector=conn", "--vpc-egress=private-ranges-only"]);
     t.row(
         "connector + private-ranges-only",

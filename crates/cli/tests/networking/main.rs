@@ -115,6 +115,21 @@ impl Daemon {
         out
     }
 
+    /// The guide's network: `vpc`, with the connector `conn` (10.8.0.0/28) in the default region.
+    fn vpc_with_connector(&self) {
+        self.ok(&["compute", "networks", "create", "vpc"]);
+        self.ok(&[
+            "compute",
+            "networks",
+            "vpc-access",
+            "connectors",
+            "create",
+            "conn",
+            "--network=vpc",
+            "--range=10.8.0.0/28",
+        ]);
+    }
+
     /// The service's host (no scheme, no port).
     fn host(&self, service: &str) -> String {
         let v: Value =
@@ -205,17 +220,7 @@ fn the_guide_internal_only_receiver_and_the_egress_settings() {
 
     // Through a connector with private-ranges-only: a service URL is a public name, so it still
     // leaves directly; the refusal names the caller's egress setting.
-    d.ok(&["compute", "networks", "create", "vpc"]);
-    d.ok(&[
-        "compute",
-        "networks",
-        "vpc-access",
-        "connectors",
-        "create",
-        "conn",
-        "--network=vpc",
-        "--range=10.8.0.0/28",
-    ]);
+    d.vpc_with_connector();
     d.ok(&["run", "deploy", "caller", "--vpc-connector=conn", "--vpc-egress=private-ranges-only"]);
     let r = d.call_from("caller", &format!("url={}", q(&receiver)));
     assert_eq!(r["status"], 404, "{r}");
@@ -383,17 +388,7 @@ fn the_guide_service_account_invoker_binding_and_id_tokens() {
         "--no-allow-unauthenticated",
     ]);
     let receiver = d.url("receiver");
-    d.ok(&["compute", "networks", "create", "vpc"]);
-    d.ok(&[
-        "compute",
-        "networks",
-        "vpc-access",
-        "connectors",
-        "create",
-        "conn",
-        "--network=vpc",
-        "--range=10.8.0.0/28",
-    ]);
+    d.vpc_with_connector();
     d.ok(&[
         "run",
         "deploy",
@@ -559,17 +554,7 @@ fn the_guides_python_code_runs_unmodified_in_a_calling_service() {
         "--no-allow-unauthenticated",
     ]);
     let receiver = d.url("receiver");
-    d.ok(&["compute", "networks", "create", "vpc"]);
-    d.ok(&[
-        "compute",
-        "networks",
-        "vpc-access",
-        "connectors",
-        "create",
-        "conn",
-        "--network=vpc",
-        "--range=10.8.0.0/28",
-    ]);
+    d.vpc_with_connector();
     d.ok(&["iam", "service-accounts", "create", "caller-sa"]);
     let env = format!("RECEIVING_SERVICE_URL={receiver},PYTHONPATH={PYDEPS}");
     d.ok(&[
