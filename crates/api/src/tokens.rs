@@ -122,17 +122,23 @@ impl ControlPlane {
                 }
             }
             AccessTokenHolder::User { email } => {
-                let member = format!("user:{email}");
-                let credentials: Vec<CredentialRecord> = self.read(|r| scan(r, "credentials/"))?;
-                if credentials.iter().any(|c| c.member == member) {
+                if self.person_has_credential(&email)? {
                     Ok(Principal::User { email })
                 } else {
                     Err(ApiError::unauthenticated(format!(
-                        "the access token belongs to `{member}`, whose credentials were all revoked; its tokens no longer work"
+                        "the access token belongs to `user:{email}`, whose credentials were all revoked; its tokens no longer work"
                     )))
                 }
             }
         }
+    }
+
+    /// Whether a person still holds a credential: the tokens runnel gave them (access tokens
+    /// here, ID tokens at the frontend) stop working when the last one is revoked.
+    pub fn person_has_credential(&self, email: &str) -> ApiResult<bool> {
+        let member = format!("user:{email}");
+        let credentials: Vec<CredentialRecord> = self.read(|r| scan(r, "credentials/"))?;
+        Ok(credentials.iter().any(|c| c.member == member))
     }
 
     fn mint_access_token(&self, holder: &AccessTokenHolder, req: &AccessTokenRequest) -> ApiResult<Value> {

@@ -532,6 +532,8 @@ struct Snapshot {
     version: u64,
     facts: HashMap<(String, String), Option<Arc<ServiceAccess>>>,
     accounts: HashMap<String, Option<Arc<runnel_model::service_account::ServiceAccount>>>,
+    /// People by email: whether they still hold a credential.
+    people: HashMap<String, bool>,
 }
 
 impl StateCache {
@@ -565,6 +567,21 @@ impl StateCache {
             snap.facts.insert(key, read.clone());
         }
         read
+    }
+
+    /// Whether the person still holds a credential (`None` when the store cannot say).
+    fn person(&self, cp: &ControlPlane, email: &str) -> Option<bool> {
+        if let Some(hit) = self.current().and_then(|s| s.people.get(email).copied()) {
+            return Some(hit);
+        }
+        let version = *self.version.borrow();
+        let read = cp.person_has_credential(email).ok()?;
+        if let Some(mut snap) = self.current()
+            && snap.version == version
+        {
+            snap.people.insert(email.to_string(), read);
+        }
+        Some(read)
     }
 
     fn account(
@@ -652,6 +669,18 @@ impl runnel_gateway::Invoker for InvokerGate {
         if claims.sub.contains('@') {
             if claims.email.as_deref() != Some(claims.sub.as_str()) {
                 return deny(401, Reason::TokenMalformed, vec!["a user token's subject and email differ".into()]);
+            }
+            // A person's token lives as long as one of their credentials does, as with service
+            // accounts, whose tokens die with the account.
+            if self.state.person(&self.cp, &claims.sub) != Some(true) {
+                return deny(
+                    403,
+                    Reason::PrincipalDeleted,
+                    vec![format!(
+                        "`user:{}` holds no runnel credential any more (all were revoked), so the tokens runnel gave them no longer work",
+                        claims.sub
+                    )],
+                );
             }
             let principal = Principal::User { email: claims.sub.clone() };
             let decision = iam::check(&principal, "run.routes.invoke", &scopes);

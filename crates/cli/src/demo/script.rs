@@ -255,7 +255,9 @@ impl Walk<'_> {
         println!("  runnel run services list");
         println!("  runnel logs --denied                                # each refusal above, with its reason");
         println!("  runnel troubleshoot request REQUEST_ID              # one of them explained, with its fix");
-        println!("  runnel troubleshoot call --from=caller --to=receiver --as=SERVICE_ACCOUNT   # a call, step by step");
+        println!(
+            "  runnel troubleshoot call --from=caller --to=receiver --as=SERVICE_ACCOUNT   # a call, step by step"
+        );
         println!("  runnel run services logs read receiver --requests   # what reached the receiver");
         println!("  curl {caller}/call        # the caller calls the receiver");
         Ok(())

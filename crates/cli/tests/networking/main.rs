@@ -681,4 +681,24 @@ fn people_call_private_services_with_print_identity_token() {
     let (status, id) = call(Some(sa_token.trim()));
     assert_eq!(status, 403);
     assert_eq!(d.reason_for(&id.unwrap()), "principal.disabled");
+
+    // A person's token dies with their last credential: granted, alice gets in; revoked, not.
+    d.ok(&[
+        "run",
+        "services",
+        "add-iam-policy-binding",
+        "receiver",
+        "--member=user:alice@example.com",
+        "--role=roles/run.invoker",
+    ]);
+    assert_eq!(call(Some(token.trim())).0, 200);
+    let creds: Value = serde_json::from_str(&d.ok(&["auth", "credentials", "list", "--format=json"])).unwrap();
+    let alices = creds.as_array().unwrap().iter().find(|c| c["member"] == "user:alice@example.com").unwrap();
+    let name = alices["name"].as_str().unwrap().rsplit('/').next().unwrap().to_string();
+    d.ok(&["auth", "credentials", "revoke", &name]);
+    let (status, id) = call(Some(token.trim()));
+    assert_eq!(status, 403);
+    assert_eq!(d.reason_for(&id.unwrap()), "principal.deleted");
+    // The owner keeps theirs.
+    assert_eq!(call(Some(owner.trim())).0, 200);
 }
