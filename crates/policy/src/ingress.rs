@@ -20,6 +20,13 @@ use runnel_model::service::Ingress;
 use crate::origin::{Caller, Origin};
 use crate::{Decision, Reason};
 
+/// Whether a service with this ingress setting admits every request whatever its origin, as
+/// [`check`] would decide (`all`, default URL enabled). The frontend asks this first on every
+/// request: [`check`] writes its trace, which only a refusal or an explanation needs.
+pub fn admits_everyone(ingress: Ingress, default_uri_disabled: bool) -> bool {
+    ingress == Ingress::All && !default_uri_disabled
+}
+
 /// Decides whether a service with this ingress setting admits a request from `origin`.
 /// `service_project` is the receiving service's project, in the same form (id) as the origin's.
 pub fn check(ingress: Ingress, default_uri_disabled: bool, service_project: &str, origin: &Origin) -> Decision {
@@ -218,6 +225,20 @@ mod tests {
             }
             assert!(!check(ingress, false, "p", &vpc("q")).allowed);
             assert!(check(ingress, false, "p", &vpc("p")).allowed);
+        }
+    }
+
+    #[test]
+    fn admits_everyone_agrees_with_check() {
+        for ingress in [Ingress::All, Ingress::InternalOnly, Ingress::InternalLoadBalancer] {
+            for disabled in [false, true] {
+                let everyone = admits_everyone(ingress, disabled);
+                let internet = check(ingress, disabled, "p", &Origin::internet());
+                assert_eq!(everyone, internet.allowed, "{ingress:?} disabled={disabled}");
+                if everyone {
+                    assert_eq!(internet.reason, Reason::IngressAll);
+                }
+            }
         }
     }
 }
