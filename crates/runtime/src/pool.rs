@@ -216,28 +216,33 @@ impl Pool {
     /// Takes the least loaded ready instance with a free slot, if any; starts another instance
     /// when all are full and the revision may grow.
     fn try_take(self: &Arc<Self>) -> Result<Option<Slot>, ()> {
-        let list = self.instances.lock().map(|l| l.clone()).map_err(|_| ())?;
         let concurrency = self.launch.concurrency;
-        let mut best: Option<&Arc<Instance>> = None;
-        for inst in list.iter().filter(|i| i.ready.load(Ordering::Acquire)) {
-            if inst.in_flight.load(Ordering::Acquire) < concurrency
-                && best.is_none_or(|b| inst.in_flight.load(Ordering::Acquire) < b.in_flight.load(Ordering::Acquire))
-            {
-                best = Some(inst);
+        // The list is scanned under its lock (every request comes here; copying it out cost an
+        // allocation each time); starting an instance takes the lock itself, so it waits.
+        let grow = {
+            let list = self.instances.lock().map_err(|_| ())?;
+            let mut best: Option<&Arc<Instance>> = None;
+            for inst in list.iter().filter(|i| i.ready.load(Ordering::Acquire)) {
+                if inst.in_flight.load(Ordering::Acquire) < concurrency
+                    && best.is_none_or(|b| inst.in_flight.load(Ordering::Acquire) < b.in_flight.load(Ordering::Acquire))
+                {
+                    best = Some(inst);
+                }
             }
-        }
-        if let Some(inst) = best {
-            // Claim the slot; another request may have taken it in between.
-            let prev = inst.in_flight.fetch_add(1, Ordering::AcqRel);
-            if prev < concurrency {
-                return Ok(Some(Slot { instance: inst.clone(), pool: self.clone() }));
+            if let Some(inst) = best {
+                // Claim the slot; another request may have taken it in between.
+                let prev = inst.in_flight.fetch_add(1, Ordering::AcqRel);
+                if prev < concurrency {
+                    return Ok(Some(Slot { instance: inst.clone(), pool: self.clone() }));
+                }
+                inst.in_flight.fetch_sub(1, Ordering::AcqRel);
+                return Ok(None);
             }
-            inst.in_flight.fetch_sub(1, Ordering::AcqRel);
-            return Ok(None);
-        }
-        let starting = list.iter().filter(|i| !i.ready.load(Ordering::Acquire)).count();
-        let max = self.launch.max_instances.max(1) as usize;
-        if starting == 0 && list.len() < max && !*self.stopping.borrow() {
+            let starting = list.iter().filter(|i| !i.ready.load(Ordering::Acquire)).count();
+            let max = self.launch.max_instances.max(1) as usize;
+            starting == 0 && list.len() < max
+        };
+        if grow && !*self.stopping.borrow() {
             self.spawn_instance();
         }
         Ok(None)
