@@ -10,17 +10,8 @@ use std::net::IpAddr;
 
 use hyper::Method;
 use hyper::Version;
-use hyper::header::{
-    CONNECTION, EXPECT, Entry, FORWARDED, HOST, HeaderMap, HeaderName, HeaderValue, PROXY_AUTHENTICATE,
-    PROXY_AUTHORIZATION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
-};
+use hyper::header::{CONNECTION, FORWARDED, HOST, HeaderMap, HeaderName, HeaderValue, UPGRADE};
 
-const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
-/// A request header no HTTP/1.1 client needs, set by attackers so that CGI-style workloads
-/// read it as `HTTP_PROXY` ("httpoxy").
-const PROXY: HeaderName = HeaderName::from_static("proxy");
-const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 /// The request id as the instance sees it.
@@ -28,8 +19,27 @@ pub(crate) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-i
 /// The request id as the client sees it, to quote when asking about a request.
 pub(crate) const X_RUNNEL_REQUEST_ID: HeaderName = HeaderName::from_static("x-runnel-request-id");
 
-const HOP_BY_HOP: [HeaderName; 6] =
-    [KEEP_ALIVE, PROXY_CONNECTION, TE, TRAILER, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION];
+/// The hop-by-hop headers every message loses (RFC 9110 §7.6.1, and the obsolete
+/// `Keep-Alive` and `Proxy-Connection`), as lowercase names: a `match` on the name is cheaper
+/// than comparing `HeaderName`s built from constants.
+fn is_hop_by_hop(name: &str) -> bool {
+    matches!(
+        name,
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+    )
+}
+
+/// Request headers the instance never gets: `Proxy`, which no HTTP/1.1 client needs and
+/// attackers set so that CGI-style workloads read it as `HTTP_PROXY` ("httpoxy"); `Expect`,
+/// already answered; `X-Real-IP`, a claim only the frontend may make.
+const NOT_FORWARDED: [&str; 3] = ["proxy", "expect", "x-real-ip"];
 
 /// The client's address in the forms the forwarding headers need; built once per connection
 /// so that requests only clone it.
@@ -64,29 +74,40 @@ fn value(text: String) -> HeaderValue {
 /// Removes the headers that belong to one connection: `Connection` and every header it names,
 /// and the fixed hop-by-hop set. `Upgrade` stays only for an upgrade being forwarded.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    if let Entry::Occupied(entry) = headers.entry(CONNECTION) {
-        // The values are copied out (cheap: shared bytes) because removing the headers they
-        // name needs the map mutably.
-        let listed: Vec<HeaderValue> = entry.remove_entry_mult().1.collect();
-        for value in &listed {
-            for token in tokens(value) {
-                if keep_upgrade && token.eq_ignore_ascii_case(b"upgrade") {
-                    continue;
-                }
-                // Lookups by `&str` are case-insensitive; a token that is not a header name
-                // simply matches nothing.
-                if let Ok(name) = std::str::from_utf8(token) {
-                    headers.remove(name);
-                }
+    strip(headers, keep_upgrade, &[]);
+}
+
+/// [`strip_hop_by_hop`], also removing `also`. One pass over the names present decides what
+/// goes, and only those are removed: most messages carry none of them (or only
+/// `Connection: keep-alive`), and a `remove` per candidate name, each hashing it, cost more
+/// than the rest of the rewriting.
+fn strip(headers: &mut HeaderMap, keep_upgrade: bool, also: &[&str]) {
+    let connection = headers.get_all(CONNECTION);
+    let named_by_connection = |name: &HeaderName| {
+        let name = name.as_str().as_bytes();
+        // Tokens are matched case-insensitively; one that is not a header name present
+        // simply matches nothing.
+        connection.iter().any(|v| {
+            tokens(v).any(|t| t.eq_ignore_ascii_case(name) && !(keep_upgrade && t.eq_ignore_ascii_case(b"upgrade")))
+        })
+    };
+    // Room for the usual few without allocating; more spill into `more`.
+    let mut doomed: [Option<HeaderName>; 4] = [const { None }; 4];
+    let mut count = 0;
+    let mut more = Vec::new();
+    for name in headers.keys() {
+        let text = name.as_str();
+        let hop = is_hop_by_hop(text) || (text == "upgrade" && !keep_upgrade) || also.contains(&text);
+        if hop || named_by_connection(name) {
+            match doomed.get_mut(count) {
+                Some(slot) => *slot = Some(name.clone()),
+                None => more.push(name.clone()),
             }
+            count += 1;
         }
     }
-    for name in HOP_BY_HOP {
+    for name in doomed.into_iter().flatten().chain(more) {
         headers.remove(name);
-    }
-    headers.remove(TRANSFER_ENCODING);
-    if !keep_upgrade {
-        headers.remove(UPGRADE);
     }
 }
 
@@ -119,10 +140,7 @@ pub(crate) fn prepare_request(
     request_id: &HeaderValue,
     websocket: bool,
 ) {
-    strip_hop_by_hop(headers, websocket);
-    headers.remove(PROXY);
-    headers.remove(EXPECT);
-    headers.remove(X_REAL_IP);
+    strip(headers, websocket, &NOT_FORWARDED);
     if websocket {
         headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
     }
