@@ -1,6 +1,7 @@
 //! What the frontend needs from the rest of the daemon, as traits, so it can be tested with
 //! fakes and the daemon can change how instances are run without touching the request path.
 
+use std::borrow::Cow;
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -78,37 +79,66 @@ pub trait Backend: Send + Sync + 'static {
 }
 
 /// One structured record per request the frontend handled for a service, shaped like Cloud
-/// Logging's `httpRequest`.
+/// Logging's `httpRequest`. The frontend makes one per request and the log only writes it out,
+/// so its text borrows from the request where it can (`Cow`): a record that owned a dozen
+/// `String`s cost a dozen allocations per request. [`RequestRecord::into_owned`] keeps one.
 #[derive(Debug, Clone, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct RequestRecord {
-    pub timestamp: String,
-    pub request_id: String,
-    pub region: String,
-    pub service: String,
-    pub revision: String,
-    pub instance: String,
-    pub http_request: HttpRequest,
+pub struct RequestRecord<'a> {
+    pub timestamp: Cow<'a, str>,
+    pub request_id: Cow<'a, str>,
+    pub region: Cow<'a, str>,
+    pub service: Cow<'a, str>,
+    pub revision: Cow<'a, str>,
+    pub instance: Cow<'a, str>,
+    pub http_request: HttpRequest<'a>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct HttpRequest {
-    pub request_method: String,
-    pub request_url: String,
-    pub request_size: String,
+pub struct HttpRequest<'a> {
+    pub request_method: Cow<'a, str>,
+    pub request_url: Cow<'a, str>,
+    pub request_size: Cow<'a, str>,
     pub status: u16,
-    pub response_size: String,
-    pub user_agent: String,
-    pub remote_ip: String,
+    pub response_size: Cow<'a, str>,
+    pub user_agent: Cow<'a, str>,
+    pub remote_ip: Cow<'a, str>,
     /// Seconds with an `s`, as Cloud Logging writes durations: `0.012s`.
-    pub latency: String,
-    pub protocol: String,
+    pub latency: Cow<'a, str>,
+    pub protocol: Cow<'a, str>,
+}
+
+impl RequestRecord<'_> {
+    /// The record with its text copied, to keep beyond the call it was given to.
+    pub fn into_owned(self) -> RequestRecord<'static> {
+        let own = |c: Cow<'_, str>| Cow::Owned(c.into_owned());
+        let h = self.http_request;
+        RequestRecord {
+            timestamp: own(self.timestamp),
+            request_id: own(self.request_id),
+            region: own(self.region),
+            service: own(self.service),
+            revision: own(self.revision),
+            instance: own(self.instance),
+            http_request: HttpRequest {
+                request_method: own(h.request_method),
+                request_url: own(h.request_url),
+                request_size: own(h.request_size),
+                status: h.status,
+                response_size: own(h.response_size),
+                user_agent: own(h.user_agent),
+                remote_ip: own(h.remote_ip),
+                latency: own(h.latency),
+                protocol: own(h.protocol),
+            },
+        }
+    }
 }
 
 /// Receives request records; the daemon writes them to the service's request log.
 pub trait RequestLog: Send + Sync + 'static {
-    fn record(&self, record: RequestRecord);
+    fn record(&self, record: RequestRecord<'_>);
     /// A request refused before it reached an instance (ingress, egress; later tokens and
     /// IAM): the platform's refusal log and the refusal counters. Never a token or a secret.
     fn refused(&self, refusal: Refusal);

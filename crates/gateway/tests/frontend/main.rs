@@ -263,6 +263,33 @@ async fn instance_closing_the_connection_mid_request_gets_502() {
 }
 
 #[tokio::test]
+async fn an_instance_that_hangs_up_idle_connections_still_gets_every_request() {
+    // Answers one request per connection, as keep-alive, then closes it: the idle connection
+    // the frontend kept is dead by the next request, which must go out on a new one.
+    let instance = raw_instance(|mut stream| async move {
+        stream.write_all(&[1]).await.unwrap();
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 1024];
+        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = stream.read(&mut chunk).await.unwrap();
+            if n == 0 {
+                return;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
+    });
+    let s = setup_with(instance, TIMEOUT, test_config()).await;
+    for i in 0..5 {
+        let (parts, body) = s.harness.get(HOST, &format!("/{i}")).await;
+        assert_eq!((parts.status, body.as_ref()), (StatusCode::OK, b"ok".as_ref()), "request {i}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(s.instance.accepted(), 5);
+    s.backend.wait_idle().await;
+}
+
+#[tokio::test]
 async fn nothing_listening_on_the_port_gets_503() {
     // The channel answers 0: the sandbox is up but the workload does not listen.
     let instance = raw_instance(|mut stream| async move {
@@ -413,8 +440,8 @@ async fn request_log_record_describes_the_request() {
     let records = s.harness.log.wait_for(1).await;
     let r = &records[0];
     assert_eq!(r.request_id, parts.headers["x-runnel-request-id"].to_str().unwrap());
-    assert_eq!((r.region.as_str(), r.service.as_str()), ("europe-west1", "svc"));
-    assert_eq!((r.revision.as_str(), r.instance.as_str()), ("svc-00001-abc", "svc-00001-abc-x1"));
+    assert_eq!((&*r.region, &*r.service), ("europe-west1", "svc"));
+    assert_eq!((&*r.revision, &*r.instance), ("svc-00001-abc", "svc-00001-abc-x1"));
     let h = &r.http_request;
     assert_eq!(h.request_method, "POST");
     assert_eq!(h.request_url, "http://Svc.Example.com:8080/items?color=blue");
@@ -429,7 +456,7 @@ async fn request_log_record_describes_the_request() {
     // The JSON shape is Cloud Logging's.
     let json = serde_json::to_value(r).unwrap();
     assert_eq!(json["httpRequest"]["requestMethod"], "POST");
-    assert_eq!(json["httpRequest"]["responseSize"], h.response_size.as_str());
+    assert_eq!(json["httpRequest"]["responseSize"], &*h.response_size);
 }
 
 #[tokio::test]

@@ -261,11 +261,11 @@ impl Router for FakeRouter {
 }
 
 #[derive(Default)]
-pub struct RecordingLog(pub Mutex<Vec<RequestRecord>>, pub Mutex<Vec<runnel_gateway::Refusal>>);
+pub struct RecordingLog(pub Mutex<Vec<RequestRecord<'static>>>, pub Mutex<Vec<runnel_gateway::Refusal>>);
 
 impl RequestLog for RecordingLog {
-    fn record(&self, record: RequestRecord) {
-        self.0.lock().unwrap().push(record);
+    fn record(&self, record: RequestRecord<'_>) {
+        self.0.lock().unwrap().push(record.into_owned());
     }
 
     fn refused(&self, refusal: runnel_gateway::Refusal) {
@@ -274,12 +274,12 @@ impl RequestLog for RecordingLog {
 }
 
 impl RecordingLog {
-    pub fn records(&self) -> Vec<RequestRecord> {
+    pub fn records(&self) -> Vec<RequestRecord<'static>> {
         self.0.lock().unwrap().clone()
     }
 
     /// Waits (briefly) for the `n`th record, which is written when a response body ends.
-    pub async fn wait_for(&self, n: usize) -> Vec<RequestRecord> {
+    pub async fn wait_for(&self, n: usize) -> Vec<RequestRecord<'static>> {
         for _ in 0..200 {
             let records = self.records();
             if records.len() >= n {
