@@ -4,7 +4,10 @@
 //! request-log record written exactly when the body has been sent or abandoned (hyper drops it
 //! when the client goes away). It also carries the request deadline: a streaming response
 //! (server-sent events, a long download) is cut when the request timeout runs out, as on Cloud
-//! Run, where the timeout covers the whole request and not only the wait for the head.
+//! Run, where the timeout covers the whole request and not only the wait for the head. An
+//! upstream body also holds the connection it came on, and gives it back to the instance's
+//! idle stack when it has ended cleanly, before the slot is released; a body cut or abandoned
+//! drops it, and hyper closes that connection.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -17,6 +20,7 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::time::{Instant, Sleep};
 
 use crate::record::Exchange;
+use crate::upstream::Pooled;
 
 /// Why a response stream was cut; hyper then aborts the client connection, which is how
 /// HTTP/1.1 tells a client that a response is incomplete.
@@ -42,11 +46,23 @@ pub(crate) struct ResponseBody {
     timer: Option<Pin<Box<Sleep>>>,
     sent: u64,
     exchange: Option<Exchange>,
+    /// The upstream connection, until the body ends.
+    connection: Option<Pooled>,
+    /// The upstream body reported its end.
+    ended: bool,
 }
 
 impl ResponseBody {
     pub(crate) fn empty() -> ResponseBody {
-        ResponseBody { kind: Kind::Empty, deadline: None, timer: None, sent: 0, exchange: None }
+        ResponseBody {
+            kind: Kind::Empty,
+            deadline: None,
+            timer: None,
+            sent: 0,
+            exchange: None,
+            connection: None,
+            ended: false,
+        }
     }
 
     pub(crate) fn page(body: &'static str, exchange: Option<Exchange>) -> ResponseBody {
@@ -56,12 +72,22 @@ impl ResponseBody {
             timer: None,
             sent: 0,
             exchange,
+            connection: None,
+            ended: false,
         }
     }
 
     /// A body of text made at request time (an egress refusal that explains itself).
     pub(crate) fn text(body: String) -> ResponseBody {
-        ResponseBody { kind: Kind::Page(Some(Bytes::from(body))), deadline: None, timer: None, sent: 0, exchange: None }
+        ResponseBody {
+            kind: Kind::Page(Some(Bytes::from(body))),
+            deadline: None,
+            timer: None,
+            sent: 0,
+            exchange: None,
+            connection: None,
+            ended: false,
+        }
     }
 
     /// A refusal page made at request time that still closes the request's log record.
@@ -72,32 +98,54 @@ impl ResponseBody {
             timer: None,
             sent: 0,
             exchange: Some(exchange),
+            connection: None,
+            ended: false,
         }
     }
 
     /// A body passed through untouched (an internal endpoint's answer through the egress proxy).
     pub(crate) fn passthrough(body: Incoming) -> ResponseBody {
-        ResponseBody { kind: Kind::Upstream(body), deadline: None, timer: None, sent: 0, exchange: None }
+        ResponseBody {
+            kind: Kind::Upstream(body),
+            deadline: None,
+            timer: None,
+            sent: 0,
+            exchange: None,
+            connection: None,
+            ended: false,
+        }
     }
 
-    pub(crate) fn upstream(body: Incoming, deadline: Instant, exchange: Exchange) -> ResponseBody {
+    pub(crate) fn upstream(body: Incoming, deadline: Instant, exchange: Exchange, connection: Pooled) -> ResponseBody {
         ResponseBody {
             kind: Kind::Upstream(body),
             deadline: Some(deadline),
             timer: None,
             sent: 0,
             exchange: Some(exchange),
+            connection: Some(connection),
+            ended: false,
         }
     }
 
     fn finish(&mut self) {
         self.timer = None;
+        if let Some(connection) = self.connection.take() {
+            // hyper does not poll a body that is empty from the start (a HEAD response, a 204),
+            // so an end it never reported counts too.
+            let ended = self.ended || matches!(&self.kind, Kind::Upstream(body) if body.is_end_stream());
+            if ended {
+                connection.give_back();
+            }
+        }
         if let Some(exchange) = self.exchange.take() {
             exchange.finish(0, self.sent);
         }
     }
 
     fn cut(&mut self) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        // The response is incomplete: its connection must not serve another request.
+        self.connection = None;
         tracing::debug!(
             request_id = self.exchange.as_ref().map(|e| e.id.as_str()),
             "request timeout reached while streaming the response; cutting it"
@@ -137,6 +185,7 @@ impl Body for ResponseBody {
                 Poll::Ready(Some(Err(BodyError::Upstream(e))))
             }
             Poll::Ready(None) => {
+                this.ended = true;
                 this.finish();
                 Poll::Ready(None)
             }

@@ -3,8 +3,8 @@
 //! Order of work for a request, cheapest refusal first: CONNECT and hosts that cannot be
 //! routed are answered without touching any service (and without a request-log record, as
 //! Cloud Run does not log requests for no service); a routed request gets a deadline from the
-//! revision's timeout, a slot from the backend, and one pooled HTTP/1.1 connection to that
-//! slot's instance. The deadline bounds everything that waits on the upstream: the slot, the
+//! revision's timeout, a slot from the backend, and one HTTP/1.1 connection to that slot's
+//! instance, idle from an earlier request or new (`upstream.rs`). The deadline bounds everything that waits on the upstream: the slot, the
 //! response head, and the response body.
 
 use std::convert::Infallible;
@@ -16,13 +16,12 @@ use std::time::{Duration, Instant};
 
 use hyper::body::Incoming;
 use hyper::header::{ALLOW, CONNECTION, CONTENT_TYPE, HeaderValue, REFERRER_POLICY};
-use hyper::http::uri::{self, PathAndQuery, Scheme};
+use hyper::http::uri::PathAndQuery;
 use hyper::http::{Extensions, Uri};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode, Version};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -39,7 +38,7 @@ use crate::contract::{InvokerCheck, Refusal};
 use crate::io::ClientIo;
 use crate::pages::{self, Page};
 use crate::record::{Exchange, RequestId};
-use crate::upstream::{InstanceConnector, Instances};
+use crate::upstream::{Instances, PoolConfig, SendError};
 
 /// Tuning of the frontend; the defaults suit a single machine.
 #[derive(Debug, Clone)]
@@ -79,7 +78,6 @@ pub struct Frontend {
     log: Arc<dyn RequestLog>,
     config: FrontendConfig,
     instances: Arc<Instances>,
-    client: Client<InstanceConnector, RequestBody>,
     http: http1::Builder,
 }
 
@@ -88,18 +86,14 @@ const FAR_FUTURE: Duration = Duration::from_secs(365 * 24 * 3600);
 
 impl Frontend {
     pub fn new(router: Arc<dyn Router>, log: Arc<dyn RequestLog>, config: FrontendConfig) -> Frontend {
-        let instances = Arc::new(Instances::new());
-        let connector = InstanceConnector { instances: instances.clone(), connect_timeout: config.connect_timeout };
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(config.pool_idle_timeout)
-            .pool_max_idle_per_host(config.pool_max_idle_per_instance)
-            // The instance must see the service's host, not the pool's made-up authority.
-            .set_host(false)
-            .build(connector);
+        let instances = Arc::new(Instances::new(PoolConfig {
+            connect_timeout: config.connect_timeout,
+            idle_timeout: config.pool_idle_timeout,
+            max_idle: config.pool_max_idle_per_instance,
+        }));
         let mut http = http1::Builder::new();
         http.timer(TokioTimer::new()).header_read_timeout(config.header_read_timeout).keep_alive(true);
-        Frontend { router, log, config, instances, client, http }
+        Frontend { router, log, config, instances, http }
     }
 
     /// Serves connections from `listener` until `shutdown` completes, then stops accepting,
@@ -143,7 +137,7 @@ impl Frontend {
         }
     }
 
-    /// Forgets a stopped instance, so that its pool key is not kept around.
+    /// Forgets a stopped instance and closes its idle connections.
     pub fn forget_instance(&self, instance: &str) {
         self.instances.forget(instance);
     }
@@ -207,8 +201,10 @@ impl Frontend {
         };
         // Ingress decides before any instance is involved; a refusal is a bare 404, as on Cloud
         // Run, and is not in the service's request log.
-        let ingress = ingress::check(route.ingress, route.default_uri_disabled, &route.project, origin);
-        if !ingress.allowed {
+        // `all` admits everyone: the full check, which writes its trace, runs only for the rest.
+        let ingress = (!ingress::admits_everyone(route.ingress, route.default_uri_disabled))
+            .then(|| ingress::check(route.ingress, route.default_uri_disabled, &route.project, origin));
+        if let Some(ingress) = ingress.filter(|decision| !decision.allowed) {
             tracing::info!(
                 request_id = id.as_str(),
                 service = route.service.as_str(),
@@ -282,41 +278,32 @@ impl Frontend {
             Ok(Err(Unavailable::NoInstance)) => return page_response(pages::NO_INSTANCE, &id_header, Some(exchange)),
             Err(_) => return self.timed_out(exchange, &id_header, "waiting for an instance slot"),
         };
-        let pool_authority = self.instances.authority_for(&lease, started);
+        let instance = self.instances.instance(&lease, started);
         exchange.lease = Some(lease);
-        let Ok(pool_authority) = pool_authority else {
-            return page_response(pages::INTERNAL, &id_header, Some(exchange));
-        };
 
         let websocket = headers::wants_websocket(req.method(), req.version(), req.headers());
         let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
-        // Only the path and query travel from the client's target; the instance was chosen by
-        // the lease and the pool authority stands for it.
-        let mut target = uri::Parts::default();
-        target.scheme = Some(Scheme::HTTP);
-        target.authority = Some(pool_authority);
-        target.path_and_query = Some(parts.uri.path_and_query().cloned().unwrap_or(PathAndQuery::from_static("/")));
-        parts.uri = match Uri::from_parts(target) {
-            Ok(uri) => uri,
-            Err(_) => return page_response(pages::INTERNAL, &id_header, Some(exchange)),
-        };
-        // The instance connection is HTTP/1.1 whatever the client spoke, so it stays pooled.
+        // Only the path and query travel from the client's target (origin form, as hyper writes
+        // the target it is given); the instance was chosen by the lease.
+        parts.uri = Uri::from(parts.uri.path_and_query().cloned().unwrap_or(PathAndQuery::from_static("/")));
+        // The instance connection is HTTP/1.1 whatever the client spoke, so it can be reused.
         parts.version = Version::HTTP_11;
         parts.extensions = Extensions::new();
         headers::prepare_request(&mut parts.headers, authority, peer, &id_header, websocket);
         let (body, read) = RequestBody::new(body);
         exchange.request_body = read;
 
-        let response = match timeout_at(deadline, self.client.request(Request::from_parts(parts, body))).await {
-            Ok(Ok(response)) => response,
-            Ok(Err(e)) => return self.upstream_failed(exchange, &id_header, &e),
-            Err(_) => return self.timed_out(exchange, &id_header, "waiting for the response head"),
-        };
+        let (response, connection) =
+            match timeout_at(deadline, self.instances.send(&instance, Request::from_parts(parts, body))).await {
+                Ok(Ok(sent)) => sent,
+                Ok(Err(e)) => return self.upstream_failed(exchange, &id_header, &e),
+                Err(_) => return self.timed_out(exchange, &id_header, "waiting for the response head"),
+            };
 
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
             return match client_upgrade {
-                Some(client_upgrade) => tunnel(exchange, &id_header, client_upgrade, response, deadline),
+                Some(client_upgrade) => tunnel(exchange, &id_header, client_upgrade, response, deadline, connection),
                 None => {
                     tracing::warn!(
                         request_id = id.as_str(),
@@ -331,7 +318,7 @@ impl Frontend {
         headers::prepare_response(&mut parts.headers, &id_header, false);
         exchange.status = parts.status.as_u16();
         exchange.response_head = response_head_size(&parts.status, &parts.headers);
-        Response::from_parts(parts, ResponseBody::upstream(body, deadline, exchange))
+        Response::from_parts(parts, ResponseBody::upstream(body, deadline, exchange, connection))
     }
 
     fn timed_out(&self, exchange: Exchange, id: &HeaderValue, waiting_for: &str) -> Response<ResponseBody> {
@@ -348,13 +335,8 @@ impl Frontend {
     /// Attributes an upstream failure: nothing listening is 503 (try again), a client that
     /// broke its own body is 400, anything else after the connection was made is the
     /// instance's fault, 502.
-    fn upstream_failed(
-        &self,
-        exchange: Exchange,
-        id: &HeaderValue,
-        e: &hyper_util::client::legacy::Error,
-    ) -> Response<ResponseBody> {
-        let page = if e.is_connect() {
+    fn upstream_failed(&self, exchange: Exchange, id: &HeaderValue, e: &SendError) -> Response<ResponseBody> {
+        let page = if matches!(e, SendError::Connect(_)) {
             pages::NOT_LISTENING
         } else if caused_by::<ClientBodyError>(e) {
             pages::BODY_UNREADABLE
@@ -436,6 +418,7 @@ fn tunnel(
     client: hyper::upgrade::OnUpgrade,
     mut response: Response<Incoming>,
     deadline: tokio::time::Instant,
+    connection: crate::upstream::Pooled,
 ) -> Response<ResponseBody> {
     let instance = hyper::upgrade::on(&mut response);
     let (mut parts, _) = response.into_parts();
@@ -446,6 +429,9 @@ fn tunnel(
         let mut copied = (0, 0);
         let outcome = timeout_at(deadline, async {
             let (client, instance) = tokio::try_join!(client, instance)?;
+            // The connection is the tunnel's now; its sender is of no further use (it is
+            // never given back).
+            drop(connection);
             let (mut client, mut instance) = (TokioIo::new(client), TokioIo::new(instance));
             copied = tokio::io::copy_bidirectional(&mut client, &mut instance).await?;
             Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())

@@ -116,16 +116,6 @@ pub(crate) const CLOSED_EARLY: Page = Page {
     ),
 };
 
-pub(crate) const INTERNAL: Page = Page {
-    status: StatusCode::INTERNAL_SERVER_ERROR,
-    content_type: HTML,
-    body: google_page!(
-        "500",
-        "Server Error",
-        "The server encountered an error and could not complete your request. Please try again."
-    ),
-};
-
 /// Cloud Run answers a request that outlived its timeout with exactly this plain text.
 pub(crate) const TIMEOUT: Page =
     Page { status: StatusCode::GATEWAY_TIMEOUT, content_type: "text/plain", body: "upstream request timeout" };

@@ -1,29 +1,36 @@
-//! Connections to instances: how hyper's pooled client reaches an instance's port channel.
+//! Connections to instances: a small stack of idle HTTP/1.1 connections per instance.
 //!
-//! hyper's client pools connections by URI authority, so each known instance gets a made-up
-//! authority (`instance-<n>`) and the connector maps it back to the instance's channel
-//! directory. The authority is derived from a counter, not from the instance id, so it is
-//! always a valid host and a reused instance id with a new channel directory never shares a
-//! pool with its predecessor. The map is filled from leases and read on every request, so it
-//! sits behind a `RwLock` that is only written when an instance is first seen.
+//! Every request is forwarded on one connection to the instance its lease names. Connections
+//! are kept per instance (by its id and channel directory, so a reused id with a new channel
+//! directory never gets its predecessor's connections) as a LIFO stack of idle hyper
+//! `SendRequest`s: a request takes the most recently used idle one, or opens a new one through
+//! the instance's `port.sock`; the response body hands it back when it has ended cleanly
+//! (`body.rs`). This replaces hyper-util's pooled client, whose generic pool (authority keys,
+//! SipHash map, a spawned task per response to wait for the connection to be ready again) cost
+//! about a tenth of the frontend's instructions per request.
+//!
+//! A connection handed back is usually ready at once (hyper marks it ready in the same poll
+//! that ends the response body); one that is not yet ready is skipped, and one that is closed
+//! is dropped, when a request looks for an idle connection. Idle connections older than the
+//! idle timeout are dropped by a reaper task, as are instances unused for [`FORGET_AFTER`].
+//! The map is read on every request and written only when an instance is first seen, so it
+//! sits behind a `RwLock`; each instance's stack has its own `Mutex`, held for a push or a pop.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::io::{self, IoSliceMut};
 use std::mem::MaybeUninit;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use hyper::http::Uri;
-use hyper::http::uri::Authority;
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{self, SendRequest};
 use hyper::rt::{Read, ReadBufCursor, Write};
-use hyper_util::client::legacy::connect::{Connected, Connection};
+use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use rustix::net::{
     AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, SocketType, recvmsg,
@@ -31,6 +38,7 @@ use rustix::net::{
 use tokio::io::Interest;
 use tokio::net::{TcpStream, UnixStream};
 
+use crate::body::RequestBody;
 use crate::contract::Lease;
 
 /// The socket in an instance's channel directory that leads to its workload's port.
@@ -41,137 +49,254 @@ const PORT_CONNECTED: u8 = 1;
 const PORT_PASSED: u8 = 2;
 /// The channel's first and only byte when nothing listens on the workload's port.
 const PORT_REFUSED: u8 = 0;
-const AUTHORITY_PREFIX: &str = "instance-";
 /// Above this many known instances, ones unused for [`FORGET_AFTER`] are dropped when a new
-/// one is added; by then their pooled connections have long expired.
+/// one is added (the reaper drops them too).
 const PRUNE_ABOVE: usize = 1024;
 const FORGET_AFTER: Duration = Duration::from_secs(600);
+/// How often the reaper looks for idle connections past the idle timeout.
+const REAP_EVERY: Duration = Duration::from_secs(5);
 
-struct Known {
+/// How connections to instances are opened and kept.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PoolConfig {
+    /// Bound on opening a connection (socket plus the channel's answer).
+    pub(crate) connect_timeout: Duration,
+    /// How long an idle connection is kept.
+    pub(crate) idle_timeout: Duration,
+    /// The most idle connections kept per instance.
+    pub(crate) max_idle: usize,
+}
+
+/// An idle connection and when it became idle.
+struct Idle {
+    sender: SendRequest<RequestBody>,
+    since: Instant,
+}
+
+/// One instance the frontend has had a lease on: where to connect, and its idle connections.
+pub(crate) struct Known {
     channel_dir: PathBuf,
-    key: u64,
-    authority: Authority,
     /// Seconds since [`Instances::epoch`] when a lease last named this instance.
     last_used: AtomicU64,
+    /// Oldest first: connections are pushed and popped at the end.
+    idle: Mutex<Vec<Idle>>,
 }
 
-#[derive(Default)]
-struct Maps {
-    by_instance: HashMap<String, Known>,
-    by_key: HashMap<u64, PathBuf>,
+impl Known {
+    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
+        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether this entry is for an instance with this channel directory. The paths are
+    /// compared as bytes (`Path`'s `==` walks components); both come from the same daemon
+    /// code, so equal directories are spelled the same.
+    fn is_at(&self, channel_dir: &Path) -> bool {
+        self.channel_dir.as_os_str() == channel_dir.as_os_str()
+    }
+
+    /// The most recently used idle connection that can take a request now. Closed ones are
+    /// dropped; ones that are not ready yet (still finishing their last exchange) stay.
+    fn take_idle(&self) -> Option<SendRequest<RequestBody>> {
+        let mut idle = self.idle();
+        let mut i = idle.len();
+        while i > 0 {
+            i -= 1;
+            if idle[i].sender.is_ready() {
+                // Almost always the last one, which makes this a pop.
+                return Some(idle.remove(i).sender);
+            }
+            if idle[i].sender.is_closed() {
+                idle.remove(i);
+            }
+        }
+        None
+    }
 }
 
-/// The instances the frontend has been given leases on, by id and by pool key.
+/// A connection lent to one request; [`Pooled::give_back`] returns it to its instance's stack.
+pub(crate) struct Pooled {
+    sender: SendRequest<RequestBody>,
+    home: Arc<Known>,
+    max_idle: usize,
+}
+
+impl Pooled {
+    /// Returns the connection for the next request, unless it is closed or the stack is full.
+    /// Call only once the response has ended cleanly: a connection whose response was
+    /// abandoned is closed by hyper and must not be reused.
+    pub(crate) fn give_back(self) {
+        if self.sender.is_closed() {
+            return;
+        }
+        let mut idle = self.home.idle();
+        if idle.len() < self.max_idle {
+            idle.push(Idle { sender: self.sender, since: Instant::now() });
+        }
+    }
+}
+
+/// Why a request could not be forwarded.
+#[derive(Debug)]
+pub(crate) enum SendError {
+    /// No connection could be opened: nothing listens, or the instance is gone.
+    Connect(io::Error),
+    /// The connection failed after the request was handed to it.
+    Http(hyper::Error),
+}
+
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SendError::Connect(_) => f.write_str("could not connect to the instance"),
+            SendError::Http(_) => f.write_str("the instance's connection failed"),
+        }
+    }
+}
+
+impl std::error::Error for SendError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            SendError::Connect(e) => Some(e),
+            SendError::Http(e) => Some(e),
+        }
+    }
+}
+
+/// The instances the frontend has been given leases on, with their idle connections.
 pub(crate) struct Instances {
-    maps: RwLock<Maps>,
-    next_key: AtomicU64,
+    known: RwLock<HashMap<String, Arc<Known>>>,
     epoch: Instant,
+    config: PoolConfig,
+    http: http1::Builder,
+    reaper: AtomicBool,
 }
 
 impl Instances {
-    pub(crate) fn new() -> Instances {
-        Instances { maps: RwLock::default(), next_key: AtomicU64::new(1), epoch: Instant::now() }
+    pub(crate) fn new(config: PoolConfig) -> Instances {
+        Instances {
+            known: RwLock::default(),
+            epoch: Instant::now(),
+            config,
+            http: http1::Builder::new(),
+            reaper: AtomicBool::new(false),
+        }
     }
 
-    /// The pool authority for the lease's instance, registering it if it is new or its
-    /// channel directory changed.
-    pub(crate) fn authority_for(&self, lease: &Lease, now: Instant) -> Result<Authority, InvalidKey> {
+    /// The lease's instance, registering it if it is new or its channel directory changed
+    /// (a reused id: the old entry and its connections are dropped).
+    pub(crate) fn instance(&self, lease: &Lease, now: Instant) -> Arc<Known> {
         let tick = now.saturating_duration_since(self.epoch).as_secs();
         {
-            let maps = self.maps.read().unwrap_or_else(PoisonError::into_inner);
-            if let Some(known) = maps.by_instance.get(&lease.instance)
-                && known.channel_dir == lease.channel_dir
+            let known = self.known.read().unwrap_or_else(PoisonError::into_inner);
+            if let Some(known) = known.get(lease.instance.as_str())
+                && known.is_at(&lease.channel_dir)
             {
                 known.last_used.store(tick, Ordering::Relaxed);
-                return Ok(known.authority.clone());
+                return known.clone();
             }
         }
-        let key = self.next_key.fetch_add(1, Ordering::Relaxed);
-        let authority =
-            Authority::from_maybe_shared(Bytes::from(format!("{AUTHORITY_PREFIX}{key}"))).map_err(|_| InvalidKey)?;
-        let mut maps = self.maps.write().unwrap_or_else(PoisonError::into_inner);
-        // Another request may have registered the same lease meanwhile; use its key.
-        if let Some(known) = maps.by_instance.get(&lease.instance)
-            && known.channel_dir == lease.channel_dir
+        let mut map = self.known.write().unwrap_or_else(PoisonError::into_inner);
+        // Another request may have registered the same lease meanwhile; use its entry.
+        if let Some(known) = map.get(lease.instance.as_str())
+            && known.is_at(&lease.channel_dir)
         {
-            return Ok(known.authority.clone());
+            return known.clone();
         }
-        if maps.by_instance.len() >= PRUNE_ABOVE {
+        if map.len() >= PRUNE_ABOVE {
             let stale = tick.saturating_sub(FORGET_AFTER.as_secs());
-            let Maps { by_instance, by_key } = &mut *maps;
-            by_instance.retain(|_, known| {
-                let keep = known.last_used.load(Ordering::Relaxed) > stale;
-                if !keep {
-                    by_key.remove(&known.key);
-                }
-                keep
-            });
+            map.retain(|_, known| known.last_used.load(Ordering::Relaxed) > stale);
         }
-        let known = Known {
+        let known = Arc::new(Known {
             channel_dir: lease.channel_dir.clone(),
-            key,
-            authority: authority.clone(),
             last_used: AtomicU64::new(tick),
-        };
-        if let Some(old) = maps.by_instance.insert(lease.instance.clone(), known) {
-            maps.by_key.remove(&old.key);
-        }
-        maps.by_key.insert(key, lease.channel_dir.clone());
-        Ok(authority)
+            idle: Mutex::new(Vec::new()),
+        });
+        map.insert(lease.instance.clone(), known.clone());
+        known
     }
 
-    /// Forgets an instance that has stopped.
+    /// Forgets an instance that has stopped, closing its idle connections.
     pub(crate) fn forget(&self, instance: &str) {
-        let mut maps = self.maps.write().unwrap_or_else(PoisonError::into_inner);
-        if let Some(known) = maps.by_instance.remove(instance) {
-            maps.by_key.remove(&known.key);
-        }
+        self.known.write().unwrap_or_else(PoisonError::into_inner).remove(instance);
     }
 
-    fn channel_dir(&self, uri: &Uri) -> Option<PathBuf> {
-        let key = uri.host()?.strip_prefix(AUTHORITY_PREFIX)?.parse::<u64>().ok()?;
-        let maps = self.maps.read().unwrap_or_else(PoisonError::into_inner);
-        maps.by_key.get(&key).cloned()
+    /// Sends `req` to the instance on an idle connection, or on a new one. A request that an
+    /// idle connection gave back unsent (it closed just before) is tried on the next one, as
+    /// hyper-util's client retried it; a new connection's failure is final.
+    pub(crate) async fn send(
+        self: &Arc<Self>,
+        home: &Arc<Known>,
+        mut req: Request<RequestBody>,
+    ) -> Result<(Response<Incoming>, Pooled), SendError> {
+        while let Some(mut sender) = home.take_idle() {
+            match sender.try_send_request(req).await {
+                Ok(response) => return Ok((response, self.lend(sender, home))),
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) => req = unsent,
+                    None => return Err(SendError::Http(e.into_error())),
+                },
+            }
+        }
+        let io = match tokio::time::timeout(self.config.connect_timeout, connect_port(&home.channel_dir)).await {
+            Ok(io) => io.map_err(SendError::Connect)?,
+            Err(_) => {
+                return Err(SendError::Connect(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the instance's port channel did not answer",
+                )));
+            }
+        };
+        let (mut sender, connection) = self.http.handshake(io).await.map_err(SendError::Http)?;
+        // The connection runs as its own task until every sender for it is gone or either side
+        // closes it; `with_upgrades` lets a WebSocket response take the socket over.
+        tokio::spawn(async move {
+            if let Err(e) = connection.with_upgrades().await {
+                tracing::debug!(error = %e, "connection to an instance ended with an error");
+            }
+        });
+        self.start_reaper();
+        let response = sender.send_request(req).await.map_err(SendError::Http)?;
+        Ok((response, self.lend(sender, home)))
+    }
+
+    fn lend(&self, sender: SendRequest<RequestBody>, home: &Arc<Known>) -> Pooled {
+        Pooled { sender, home: home.clone(), max_idle: self.config.max_idle }
+    }
+
+    /// Starts, once, the task that drops idle connections past the idle timeout and instances
+    /// long unused. It holds the map weakly and ends with the frontend.
+    fn start_reaper(self: &Arc<Self>) {
+        if self.reaper.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let instances = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(REAP_EVERY);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                let Some(instances) = Weak::upgrade(&instances) else { return };
+                instances.reap(Instant::now());
+            }
+        });
+    }
+
+    fn reap(&self, now: Instant) {
+        let tick = now.saturating_duration_since(self.epoch).as_secs();
+        let idle_timeout = self.config.idle_timeout;
+        let mut map = self.known.write().unwrap_or_else(PoisonError::into_inner);
+        map.retain(|_, known| {
+            // Closed connections go too; the rest are ordered oldest first.
+            known
+                .idle()
+                .retain(|idle| !idle.sender.is_closed() && now.saturating_duration_since(idle.since) < idle_timeout);
+            tick.saturating_sub(known.last_used.load(Ordering::Relaxed)) < FORGET_AFTER.as_secs()
+        });
     }
 
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.maps.read().unwrap_or_else(PoisonError::into_inner).by_instance.len()
-    }
-}
-
-/// A pool key could not be made into an authority (cannot happen for `instance-<n>`).
-#[derive(Debug)]
-pub(crate) struct InvalidKey;
-
-/// hyper's connector: opens a connection to the instance a pool authority stands for.
-#[derive(Clone)]
-pub(crate) struct InstanceConnector {
-    pub(crate) instances: Arc<Instances>,
-    /// Connecting runs outside the request's deadline when hyper finishes a connection for
-    /// the pool in the background, so it carries its own bound.
-    pub(crate) connect_timeout: Duration,
-}
-
-impl tower::Service<Uri> for InstanceConnector {
-    type Response = InstanceStream;
-    type Error = io::Error;
-    type Future = Pin<Box<dyn Future<Output = io::Result<InstanceStream>> + Send>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, uri: Uri) -> Self::Future {
-        let dir = self.instances.channel_dir(&uri);
-        let limit = self.connect_timeout;
-        Box::pin(async move {
-            let dir = dir.ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "the instance is no longer known"))?;
-            match tokio::time::timeout(limit, connect_port(&dir)).await {
-                Ok(stream) => stream,
-                Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "the instance's port channel did not answer")),
-            }
-        })
+        self.known.read().unwrap_or_else(PoisonError::into_inner).len()
     }
 }
 
@@ -261,17 +386,10 @@ fn untrusted(what: &'static str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what)
 }
 
-/// A connection to a workload, as hyper's pool wants it: its own TCP socket, or a channel
-/// that relays its stream.
+/// A connection to a workload: its own TCP socket, or a channel that relays its stream.
 pub(crate) enum InstanceStream {
     Tcp(TokioIo<TcpStream>),
     Channel(TokioIo<UnixStream>),
-}
-
-impl Connection for InstanceStream {
-    fn connected(&self) -> Connected {
-        Connected::new()
-    }
 }
 
 impl Read for InstanceStream {
@@ -332,37 +450,52 @@ mod tests {
         Lease { instance: instance.into(), channel_dir: dir.into(), guard: Box::new(()) }
     }
 
-    #[test]
-    fn an_instance_keeps_its_authority_and_a_new_channel_dir_gets_a_new_one() {
-        let instances = Instances::new();
-        let now = Instant::now();
-        let a = instances.authority_for(&lease("a", "/run/a"), now).unwrap();
-        assert_eq!(instances.authority_for(&lease("a", "/run/a"), now).unwrap(), a);
-        let b = instances.authority_for(&lease("b", "/run/b"), now).unwrap();
-        assert_ne!(a, b);
-        let uri = |auth: &Authority| format!("http://{auth}/x").parse::<Uri>().unwrap();
-        assert_eq!(instances.channel_dir(&uri(&a)), Some(PathBuf::from("/run/a")));
+    fn config() -> PoolConfig {
+        PoolConfig { connect_timeout: Duration::from_secs(1), idle_timeout: Duration::from_secs(30), max_idle: 4 }
+    }
 
-        // The id was reused by a new instance: the old pool key no longer resolves.
-        let a2 = instances.authority_for(&lease("a", "/run/a2"), now).unwrap();
-        assert_ne!(a, a2);
-        assert_eq!(instances.channel_dir(&uri(&a)), None);
-        assert_eq!(instances.channel_dir(&uri(&a2)), Some(PathBuf::from("/run/a2")));
+    #[test]
+    fn an_instance_keeps_its_entry_and_a_new_channel_dir_gets_a_new_one() {
+        let instances = Instances::new(config());
+        let now = Instant::now();
+        let a = instances.instance(&lease("a", "/run/a"), now);
+        assert!(Arc::ptr_eq(&instances.instance(&lease("a", "/run/a"), now), &a));
+        let b = instances.instance(&lease("b", "/run/b"), now);
+        assert!(!Arc::ptr_eq(&a, &b));
+        assert_eq!(a.channel_dir, PathBuf::from("/run/a"));
+
+        // The id was reused by a new instance: it gets a fresh entry, without the old
+        // connections.
+        let a2 = instances.instance(&lease("a", "/run/a2"), now);
+        assert!(!Arc::ptr_eq(&a, &a2));
+        assert_eq!(a2.channel_dir, PathBuf::from("/run/a2"));
+        assert_eq!(instances.len(), 2);
 
         instances.forget("a");
-        assert_eq!(instances.channel_dir(&uri(&a2)), None);
         assert_eq!(instances.len(), 1);
     }
 
     #[test]
     fn stale_instances_are_pruned_when_many_are_known() {
-        let instances = Instances::new();
+        let instances = Instances::new(config());
         let start = Instant::now();
         for i in 0..PRUNE_ABOVE {
-            instances.authority_for(&lease(&format!("old-{i}"), "/run/old"), start).unwrap();
+            instances.instance(&lease(&format!("old-{i}"), "/run/old"), start);
         }
         let later = start + FORGET_AFTER + Duration::from_secs(5);
-        instances.authority_for(&lease("fresh", "/run/fresh"), later).unwrap();
+        instances.instance(&lease("fresh", "/run/fresh"), later);
+        assert_eq!(instances.len(), 1);
+    }
+
+    #[test]
+    fn the_reaper_forgets_instances_long_unused() {
+        let instances = Instances::new(config());
+        let start = Instant::now();
+        instances.instance(&lease("old", "/run/old"), start);
+        instances.reap(start + Duration::from_secs(1));
+        assert_eq!(instances.len(), 1);
+        instances.instance(&lease("fresh", "/run/fresh"), start + FORGET_AFTER);
+        instances.reap(start + FORGET_AFTER + Duration::from_secs(5));
         assert_eq!(instances.len(), 1);
     }
 
@@ -430,13 +563,5 @@ mod tests {
     fn the_relay_byte_and_the_refusal_byte_keep_their_meaning() {
         assert!(matches!(received(PORT_CONNECTED, &[]).unwrap(), Answer::Relayed));
         assert!(matches!(received(PORT_REFUSED, &[]).unwrap(), Answer::Refused));
-    }
-
-    #[test]
-    fn foreign_authorities_resolve_to_nothing() {
-        let instances = Instances::new();
-        for uri in ["http://example.com/", "http://instance-x/", "http://instance-99/"] {
-            assert_eq!(instances.channel_dir(&uri.parse().unwrap()), None, "{uri}");
-        }
     }
 }
