@@ -310,3 +310,28 @@ fn a_daemon_in_a_private_directory_runs_sandboxes_from_a_readable_copy() {
     let _ = std::fs::remove_file(copy);
     let _ = std::fs::remove_dir_all(&root);
 }
+
+/// A project in a private directory: a root daemon's instances run as users of their own, so
+/// the deploy fails and says why and what to do.
+#[test]
+fn a_deploy_from_a_private_directory_says_why_it_cannot_start() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let d = Daemon::start("private-project");
+    let project = d.apps.join("private");
+    std::fs::create_dir_all(&project).unwrap();
+    std::fs::copy(d.apps.join("app.py"), project.join("app.py")).unwrap();
+    std::fs::set_permissions(&project, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let dir = format!("--working-dir={}", project.display());
+    let (ok, _, err) = d.cli(&["run", "deploy", "private", "--command=python3", "--args=app.py", &dir]);
+    let root = std::fs::metadata("/proc/self").unwrap().uid() == 0;
+    if root {
+        assert!(!ok, "an instance of its own uid entered a 0700 directory of root's");
+        assert!(
+            err.contains("Permission denied") && err.contains("deploy from a directory every user can read"),
+            "{err}"
+        );
+    } else {
+        // Without root the instance runs as the daemon's own user, who may enter it.
+        assert!(ok, "{err}");
+    }
+}

@@ -313,6 +313,18 @@ pub fn stage2_main() -> ExitCode {
             .spawn();
         let workload = match workload {
             Ok(c) => c,
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                // The usual cause: a project under a private home (/root is 0700), which the
+                // instance's own uid may not enter or read.
+                return fail(
+                    &format!("start `{}` in {}", spec.command, cwd.display()),
+                    format!(
+                        "{e}. The instance runs as a user of its own, which must be able to enter the working \
+                         directory and read the command and its files: deploy from a directory every user can \
+                         read (not under /root or another private home), or make it readable"
+                    ),
+                );
+            }
             Err(e) => {
                 return fail(&format!("start `{}` in {}", spec.command, cwd.display()), e);
             }
