@@ -29,6 +29,7 @@ use tokio::time::timeout_at;
 
 use crate::body::{ClientBodyError, RequestBody, ResponseBody};
 use crate::contract::{RequestLog, Router, Unavailable};
+use crate::deadline::{Slot, Watch, WatchTimer, Watcher, until};
 use crate::headers::{self, Peer, X_RUNNEL_REQUEST_ID};
 use crate::host::{self, MAX_HOST};
 use runnel_policy::ingress;
@@ -92,6 +93,7 @@ impl Frontend {
             max_idle: config.pool_max_idle_per_instance,
         }));
         let mut http = http1::Builder::new();
+        // Each connection gets its own timer (`deadline.rs`); this one serves nothing.
         http.timer(TokioTimer::new()).header_read_timeout(config.header_read_timeout).keep_alive(true);
         Frontend { router, log, config, instances, http }
     }
@@ -145,21 +147,33 @@ impl Frontend {
     async fn serve_connection(self: Arc<Self>, stream: TcpStream, remote: SocketAddr, mut stop: watch::Receiver<bool>) {
         // Responses are written whole by hyper; Nagle would only delay their last segment.
         let _ = stream.set_nodelay(true);
-        let peer = Arc::new(Peer::new(remote.ip()));
+        let watch = Watch::new();
+        let mut watcher = Watcher::new(watch.clone());
+        let peer = Arc::new(Peer::watched(remote.ip(), watch.clone()));
         let io = ClientIo::new(stream, self.config.client_stall_timeout);
+        let mut http = self.http.clone();
+        http.timer(WatchTimer(watch));
         let frontend = self.clone();
         let service = service_fn(move |req| {
             let frontend = frontend.clone();
             let peer = peer.clone();
             async move { Ok::<_, Infallible>(frontend.handle(req, &peer, &Origin::internet()).await) }
         });
-        let mut connection = pin!(self.http.serve_connection(io, service).with_upgrades());
+        let mut connection = pin!(http.serve_connection(io, service).with_upgrades());
+        // The watcher is polled after the connection, so that it sees the deadlines the
+        // connection's waits wrote on this poll.
         let result = tokio::select! {
+            biased;
             result = connection.as_mut() => result,
             _ = async { stop.wait_for(|stop| *stop).await.is_ok() } => {
                 connection.as_mut().graceful_shutdown();
-                connection.await
+                tokio::select! {
+                    biased;
+                    result = connection.as_mut() => result,
+                    never = std::future::poll_fn(|cx| watcher.poll_watch(cx)) => match never {},
+                }
             }
+            never = std::future::poll_fn(|cx| watcher.poll_watch(cx)) => match never {},
         };
         if let Err(e) = result {
             tracing::debug!(error = %e, %remote, "frontend connection ended with an error");
@@ -272,7 +286,7 @@ impl Frontend {
             }
         }
 
-        let lease = match timeout_at(deadline, route.backend.acquire()).await {
+        let lease = match until(deadline, peer.watch(), Slot::Request, route.backend.acquire()).await {
             Ok(Ok(lease)) => lease,
             Ok(Err(Unavailable::Busy)) => return page_response(pages::RATE_EXCEEDED, &id_header, Some(exchange)),
             Ok(Err(Unavailable::NoInstance)) => return page_response(pages::NO_INSTANCE, &id_header, Some(exchange)),
@@ -294,12 +308,18 @@ impl Frontend {
         let (body, read) = RequestBody::new(body);
         exchange.request_body = read;
 
-        let (response, connection) =
-            match timeout_at(deadline, self.instances.send(&instance, Request::from_parts(parts, body))).await {
-                Ok(Ok(sent)) => sent,
-                Ok(Err(e)) => return self.upstream_failed(exchange, &id_header, &e),
-                Err(_) => return self.timed_out(exchange, &id_header, "waiting for the response head"),
-            };
+        let (response, connection) = match until(
+            deadline,
+            peer.watch(),
+            Slot::Request,
+            self.instances.send(&instance, Request::from_parts(parts, body)),
+        )
+        .await
+        {
+            Ok(Ok(sent)) => sent,
+            Ok(Err(e)) => return self.upstream_failed(exchange, &id_header, &e),
+            Err(_) => return self.timed_out(exchange, &id_header, "waiting for the response head"),
+        };
 
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
             return match client_upgrade {

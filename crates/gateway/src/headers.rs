@@ -7,10 +7,13 @@
 //! passed on from the client, so a workload can trust them. Pure functions, no I/O.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use hyper::Method;
 use hyper::Version;
 use hyper::header::{CONNECTION, FORWARDED, HOST, HeaderMap, HeaderName, HeaderValue, UPGRADE};
+
+use crate::deadline::Watch;
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -46,6 +49,8 @@ const NOT_FORWARDED: [&str; 3] = ["proxy", "expect", "x-real-ip"];
 pub(crate) struct Peer {
     forwarded_for: HeaderValue,
     forwarded: HeaderValue,
+    /// The connection's deadline watch, when the connection has one (`deadline.rs`).
+    watch: Option<Arc<Watch>>,
 }
 
 impl Peer {
@@ -57,7 +62,16 @@ impl Peer {
             IpAddr::V4(v4) => format!("for={v4};proto=http"),
             IpAddr::V6(v6) => format!("for=\"[{v6}]\";proto=http"),
         };
-        Peer { forwarded_for: value(ip.to_string()), forwarded: value(forwarded) }
+        Peer { forwarded_for: value(ip.to_string()), forwarded: value(forwarded), watch: None }
+    }
+
+    /// A peer on a connection whose task runs `watch`'s [`crate::deadline::Watcher`].
+    pub(crate) fn watched(ip: IpAddr, watch: Arc<Watch>) -> Peer {
+        Peer { watch: Some(watch), ..Peer::new(ip) }
+    }
+
+    pub(crate) fn watch(&self) -> Option<&Watch> {
+        self.watch.as_deref()
     }
 
     /// The client's address as text (what `X-Forwarded-For` gets), made once per connection.

@@ -18,6 +18,7 @@
 
 mod body;
 mod contract;
+mod deadline;
 mod egress;
 mod frontend;
 mod headers;

@@ -240,6 +240,55 @@ async fn slow_instance_gets_504_at_the_timeout() {
     assert_eq!(records[0].instance, "svc-00001-abc-x1");
 }
 
+/// The request deadline of a keep-alive connection's later request is kept by the connection's
+/// one timer, first armed for an earlier request's deadline (`deadline.rs`).
+#[tokio::test]
+async fn a_slow_request_after_fast_ones_on_one_connection_gets_504_at_its_timeout() {
+    let handler: Handler = Arc::new(|req| {
+        Box::pin(async move {
+            if req.uri().path() == "/slow" {
+                tokio::time::sleep(Duration::from_secs(30)).await;
+            }
+            Response::new(full("ok"))
+        })
+    });
+    let s = setup(handler, Duration::from_millis(300)).await;
+    let mut sender = s.harness.connect().await;
+    for _ in 0..2 {
+        let response =
+            sender.send_request(Request::get("/").header("host", HOST).body(empty()).unwrap()).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        response.into_body().collect().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let started = Instant::now();
+    let response =
+        sender.send_request(Request::get("/slow").header("host", HOST).body(empty()).unwrap()).await.unwrap();
+    assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
+    let elapsed = started.elapsed();
+    assert!(elapsed >= Duration::from_millis(250) && elapsed < Duration::from_secs(2), "took {elapsed:?}");
+}
+
+/// hyper's header-read timeout, kept by the connection's watch instead of a timer per head.
+#[tokio::test]
+async fn a_client_that_stalls_in_its_request_head_is_closed_at_the_header_read_timeout() {
+    let mut config = test_config();
+    config.header_read_timeout = Duration::from_millis(300);
+    let s = setup_with(instance(hello()), TIMEOUT, config).await;
+    let mut stream = tokio::net::TcpStream::connect(s.harness.addr).await.unwrap();
+    stream.write_all(format!("GET / HTTP/1.1\r\nhost: {HOST}\r\n\r\n").as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = stream.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let started = Instant::now();
+    stream.write_all(b"GET / HTTP/1.1\r\nhost: ").await.unwrap();
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(3), stream.read_to_end(&mut rest)).await;
+    assert!(read.is_ok(), "the connection was not closed");
+    let elapsed = started.elapsed();
+    assert!(elapsed >= Duration::from_millis(250), "closed after {elapsed:?}");
+}
+
 #[tokio::test]
 async fn instance_closing_the_connection_mid_request_gets_502() {
     let instance = raw_instance(|mut stream| async move {
