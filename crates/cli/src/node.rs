@@ -152,6 +152,9 @@ pub struct Node {
     pub routes: Arc<Routes>,
     pub startup_deadline: Duration,
     pub logs: Arc<LogStore>,
+    /// Turns true once the route table reflects the store: the daemon announces itself only
+    /// then, so a service that existed before a restart answers its very first request.
+    pub routes_loaded: watch::Sender<bool>,
 }
 
 impl Node {
@@ -164,7 +167,10 @@ impl Node {
         loop {
             let cp = self.cp.clone();
             match tokio::task::spawn_blocking(move || cp.desired()).await {
-                Ok(Ok(desired)) => self.converge(&desired, &mut pools, &mut services),
+                Ok(Ok(desired)) => {
+                    self.converge(&desired, &mut pools, &mut services);
+                    self.routes_loaded.send_replace(true);
+                }
                 Ok(Err(e)) => tracing::error!(error = %e.message, "cannot read the desired state"),
                 Err(e) => tracing::error!(error = %e, "reconciler task failed"),
             }

@@ -155,6 +155,7 @@ pub async fn serve(
     // responses end then, or the API's graceful shutdown would wait for them forever.
     let (closing_tx, closing_rx) = tokio::sync::watch::channel(false);
     let mut node_task = None;
+    let mut first_routes = None;
     let mut frontend_task = None;
     let mut frontend_addr = None;
     let mut published = None;
@@ -225,6 +226,8 @@ pub async fn serve(
             isolation,
             channels,
         });
+        let (routes_loaded, loaded) = tokio::sync::watch::channel(false);
+        first_routes = Some(loaded);
         let node = Node {
             invoker,
             cp: cp.clone(),
@@ -232,6 +235,7 @@ pub async fn serve(
             routes: routes.clone(),
             startup_deadline: Duration::from_secs(args.startup_deadline),
             logs: logs.clone(),
+            routes_loaded,
         };
         node_task = Some(tokio::spawn(node.run(events_rx, stop_rx.clone())));
         let mut stop = stop_rx.clone();
@@ -255,6 +259,13 @@ pub async fn serve(
         });
     }
 
+    // Services of an earlier run are routed before the daemon says it is up (their instances
+    // start behind the routes, and a request meanwhile waits for one, as after a crash).
+    if let Some(mut loaded) = first_routes
+        && tokio::time::timeout(Duration::from_secs(30), loaded.wait_for(|l| *l)).await.is_err()
+    {
+        tracing::warn!("the route table was not loaded within 30 s; services answer 404 until it is");
+    }
     let info = DaemonInfo {
         api: format!("http://{api_addr}"),
         frontend: frontend_addr.map(|a| format!("http://{a}")),
