@@ -502,7 +502,21 @@ struct ServiceAccess {
     /// The service's URL as `http://` and `https://`, with and without a trailing `/`, then its
     /// custom audiences.
     audiences: Vec<String>,
+    /// Principals the pure IAM check admitted for `run.routes.invoke` under these policies, by
+    /// service account unique id and by person's email: the check is run once per principal
+    /// and snapshot, not per request. Only admissions are kept; a refusal is evaluated again,
+    /// for its trace.
+    admitted: std::sync::Mutex<Admitted>,
 }
+
+#[derive(Default)]
+struct Admitted {
+    accounts: HashSet<String>,
+    people: HashSet<String>,
+}
+
+/// Bounds the admissions kept per snapshot (principals with valid tokens: accounts and people).
+const MAX_ADMITTED: usize = 4096;
 
 impl ServiceAccess {
     fn new(cp: &ControlPlane, region: &str, service: &str, facts: runnel_api::InvokerFacts) -> Self {
@@ -518,7 +532,40 @@ impl ServiceAccess {
         let https = url.replacen("http://", "https://", 1);
         let mut audiences = vec![format!("{url}/"), format!("{https}/"), url, https];
         audiences.extend(facts.custom_audiences.iter().cloned());
-        Self { facts, public, audiences }
+        Self { facts, public, audiences, admitted: std::sync::Mutex::new(Admitted::default()) }
+    }
+
+    /// `run.routes.invoke` for `principal`: a kept admission, else the pure IAM check (whose
+    /// admission is then kept for this snapshot). `key` picks the principal's set and entry.
+    fn invoke(
+        &self,
+        key: (bool, &str),
+        principal: impl FnOnce() -> runnel_policy::iam::Principal,
+    ) -> Result<(), runnel_policy::Decision> {
+        use runnel_policy::iam::{self, Scope};
+        let (is_account, id) = key;
+        let set = |a: &Admitted| if is_account { a.accounts.contains(id) } else { a.people.contains(id) };
+        if self.admitted.lock().is_ok_and(|a| set(&a)) {
+            return Ok(());
+        }
+        let scopes = [
+            Scope { resource: &self.facts.service_name, policy: &self.facts.service_policy },
+            Scope { resource: &self.facts.project_name, policy: &self.facts.project_policy },
+        ];
+        let decision = iam::check(&principal(), "run.routes.invoke", &scopes);
+        if !decision.allowed {
+            return Err(decision);
+        }
+        if let Ok(mut a) = self.admitted.lock()
+            && a.accounts.len() + a.people.len() < MAX_ADMITTED
+        {
+            if is_account {
+                a.accounts.insert(id.to_string())
+            } else {
+                a.people.insert(id.to_string())
+            };
+        }
+        Ok(())
     }
 }
 
@@ -536,7 +583,8 @@ pub struct StateCache {
 #[derive(Default)]
 struct Snapshot {
     version: u64,
-    facts: HashMap<(String, String), Option<Arc<ServiceAccess>>>,
+    /// By region, then service: looked up with borrowed names, without building a key.
+    facts: HashMap<String, HashMap<String, Option<Arc<ServiceAccess>>>>,
     accounts: HashMap<String, Option<Arc<runnel_model::service_account::ServiceAccount>>>,
     /// People by email: whether they still hold a credential.
     people: HashMap<String, bool>,
@@ -558,8 +606,7 @@ impl StateCache {
     }
 
     fn facts(&self, cp: &ControlPlane, region: &str, service: &str) -> Option<Arc<ServiceAccess>> {
-        let key = (region.to_string(), service.to_string());
-        if let Some(hit) = self.current().and_then(|s| s.facts.get(&key).cloned()) {
+        if let Some(hit) = self.current().and_then(|s| s.facts.get(region).and_then(|r| r.get(service)).cloned()) {
             return hit;
         }
         let version = *self.version.borrow();
@@ -570,7 +617,7 @@ impl StateCache {
         if let Some(mut snap) = self.current()
             && snap.version == version
         {
-            snap.facts.insert(key, read.clone());
+            snap.facts.entry(region.to_string()).or_default().insert(service.to_string(), read.clone());
         }
         read
     }
@@ -619,7 +666,7 @@ impl runnel_gateway::Invoker for InvokerGate {
     fn check(&self, route: &Route, headers: &hyper::HeaderMap) -> runnel_gateway::InvokerCheck {
         use runnel_gateway::InvokerCheck;
         use runnel_policy::Reason;
-        use runnel_policy::iam::{self, Principal, Scope};
+        use runnel_policy::iam::Principal;
         let access = match self.state.facts(&self.cp, &route.region, &route.service) {
             Some(a) => a,
             // The service vanished or the store failed: refuse rather than guess.
@@ -629,28 +676,26 @@ impl runnel_gateway::Invoker for InvokerGate {
         if facts.invoker_iam_disabled {
             return InvokerCheck::Allow { reason: Reason::InvokerCheckDisabled, rewrite: None };
         }
-        let scopes = [
-            Scope { resource: &facts.service_name, policy: &facts.service_policy },
-            Scope { resource: &facts.project_name, policy: &facts.project_policy },
-        ];
         if access.public {
             return InvokerCheck::Allow { reason: Reason::InvokerAllUsers, rewrite: None };
         }
         // X-Serverless-Authorization wins over Authorization, as on Cloud Run; exactly one.
-        let serverless: Vec<_> = headers.get_all("x-serverless-authorization").iter().collect();
-        let authorization: Vec<_> = headers.get_all(hyper::header::AUTHORIZATION).iter().collect();
-        let (name, values) = if serverless.is_empty() {
-            (hyper::header::AUTHORIZATION, authorization)
+        const SERVERLESS: hyper::header::HeaderName =
+            hyper::header::HeaderName::from_static("x-serverless-authorization");
+        let serverless = headers.get_all(&SERVERLESS);
+        let (name, values) = if serverless.iter().next().is_none() {
+            (hyper::header::AUTHORIZATION, headers.get_all(hyper::header::AUTHORIZATION))
         } else {
-            (hyper::header::HeaderName::from_static("x-serverless-authorization"), serverless)
+            (SERVERLESS, serverless)
         };
-        let value = match values.as_slice() {
-            [] => {
+        let mut values = values.iter();
+        let value = match (values.next(), values.next()) {
+            (None, _) => {
                 return deny(403, Reason::TokenMissing, vec![
                     "the request carries no ID token; send `Authorization: Bearer TOKEN` with a token for the service's URL (fetch_id_token, getIdTokenClient, `runnel auth print-identity-token`)".into(),
                 ]);
             }
-            [one] => *one,
+            (Some(one), None) => one,
             _ => {
                 return deny(
                     401,
@@ -688,9 +733,8 @@ impl runnel_gateway::Invoker for InvokerGate {
                     )],
                 );
             }
-            let principal = Principal::User { email: claims.sub.clone() };
-            let decision = iam::check(&principal, "run.routes.invoke", &scopes);
-            if !decision.allowed {
+            if let Err(decision) = access.invoke((false, &claims.sub), || Principal::User { email: claims.sub.clone() })
+            {
                 let mut trace = decision.trace;
                 trace.push(format!(
                     "fix: `runnel run services add-iam-policy-binding {} --region={} --member=user:{} --role=roles/run.invoker`",
@@ -731,9 +775,8 @@ impl runnel_gateway::Invoker for InvokerGate {
             );
         }
         let principal =
-            Principal::ServiceAccount { email: account.email.clone(), unique_id: account.unique_id.clone() };
-        let decision = iam::check(&principal, "run.routes.invoke", &scopes);
-        if !decision.allowed {
+            || Principal::ServiceAccount { email: account.email.clone(), unique_id: account.unique_id.clone() };
+        if let Err(decision) = access.invoke((true, &account.unique_id), principal) {
             let mut trace = decision.trace;
             trace.push(format!(
                 "fix: `runnel run services add-iam-policy-binding {} --region={} --member=serviceAccount:{} --role=roles/run.invoker`",
