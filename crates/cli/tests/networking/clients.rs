@@ -82,15 +82,7 @@ fn call(d: &Daemon, caller: &str) -> Value {
 fn the_guides_calling_service_in_node_and_rust_with_googles_libraries() {
     let d = Daemon::start("clients");
     let rust = place_examples(&d);
-    d.ok(&[
-        "run",
-        "deploy",
-        "receiver",
-        "--command=python3",
-        "--args=app.py",
-        "--ingress=internal",
-        "--no-allow-unauthenticated",
-    ]);
+    d.internal_receiver();
     let receiver = d.url("receiver");
     vpc_and_account(&d);
     let env = format!("RECEIVING_SERVICE_URL={receiver}");

@@ -99,15 +99,7 @@ impl Table<'_> {
 #[test]
 fn every_row_of_the_conformance_table_live_and_troubleshot() {
     let d = Daemon::start("conformance");
-    d.ok(&[
-        "run",
-        "deploy",
-        "receiver",
-        "--command=python3",
-        "--args=app.py",
-        "--ingress=internal",
-        "--no-allow-unauthenticated",
-    ]);
+    d.internal_receiver();
     d.ok(&["run", "deploy", "caller", "--command=python3", "--args=app.py", "--allow-unauthenticated"]);
     let t = Table { d: &d, receiver: d.url("receiver") };
 

@@ -115,6 +115,19 @@ impl Daemon {
         out
     }
 
+    /// The guide's receiver: the test app, internal-only, without public access.
+    fn internal_receiver(&self) {
+        self.ok(&[
+            "run",
+            "deploy",
+            "receiver",
+            "--command=python3",
+            "--args=app.py",
+            "--ingress=internal",
+            "--no-allow-unauthenticated",
+        ]);
+    }
+
     /// The guide's network: `vpc`, with the connector `conn` (10.8.0.0/28) in the default region.
     fn vpc_with_connector(&self) {
         self.ok(&["compute", "networks", "create", "vpc"]);
@@ -378,15 +391,7 @@ fn an_instance_cannot_use_the_proxy_to_reach_runnel_or_other_hosts() {
 #[test]
 fn the_guide_service_account_invoker_binding_and_id_tokens() {
     let d = Daemon::start("identity");
-    d.ok(&[
-        "run",
-        "deploy",
-        "receiver",
-        "--command=python3",
-        "--args=app.py",
-        "--ingress=internal",
-        "--no-allow-unauthenticated",
-    ]);
+    d.internal_receiver();
     let receiver = d.url("receiver");
     d.vpc_with_connector();
     d.ok(&[
@@ -544,15 +549,7 @@ fn the_guides_python_code_runs_unmodified_in_a_calling_service() {
 
     // The guide's setup: an internal receiver without public access, a connector, a service
     // account granted Cloud Run Invoker, and the caller running as it with all-traffic egress.
-    d.ok(&[
-        "run",
-        "deploy",
-        "receiver",
-        "--command=python3",
-        "--args=app.py",
-        "--ingress=internal",
-        "--no-allow-unauthenticated",
-    ]);
+    d.internal_receiver();
     let receiver = d.url("receiver");
     d.vpc_with_connector();
     d.ok(&["iam", "service-accounts", "create", "caller-sa"]);
