@@ -18,7 +18,6 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -31,7 +30,6 @@ pub const REGION: &str = "local1";
 const APP: &str = include_str!("app.py");
 
 const START_DEADLINE: Duration = Duration::from_secs(15);
-const CLI_DEADLINE: Duration = Duration::from_secs(30);
 
 /// Environment that would make the CLI or the daemon use something other than the test's home.
 const FOREIGN_ENV: &[&str] =
@@ -339,77 +337,9 @@ pub fn send_signal(pid: u32, signal: &str) {
     assert!(status.success(), "kill -{signal} {pid} failed");
 }
 
-/// A CLI process that was started and not yet waited for.
-pub struct Pending {
-    pid: u32,
-    shown: String,
-    rx: mpsc::Receiver<std::io::Result<std::process::Output>>,
-}
-
-impl Pending {
-    fn spawn(mut cmd: Command, args: &[&str]) -> Pending {
-        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-        let child = cmd.spawn().expect("spawn the runnel CLI");
-        let pid = child.id();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let _ = tx.send(child.wait_with_output());
-        });
-        Pending { pid, shown: format!("runnel {}", args.join(" ")), rx }
-    }
-
-    /// Waits (bounded) for the process and collects what it printed.
-    pub fn finish(self) -> Out {
-        let output = match self.rx.recv_timeout(CLI_DEADLINE) {
-            Ok(r) => r.expect("wait for the runnel CLI"),
-            Err(_) => {
-                let _ = Command::new("kill").args(["-KILL", &self.pid.to_string()]).status();
-                panic!("`{}` did not finish within {CLI_DEADLINE:?}", self.shown);
-            }
-        };
-        Out {
-            command: self.shown,
-            code: output.status.code(),
-            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-        }
-    }
-}
-
-/// What a finished CLI process printed, and how it ended.
-#[derive(Debug)]
-pub struct Out {
-    pub command: String,
-    pub code: Option<i32>,
-    pub stdout: String,
-    pub stderr: String,
-}
-
-impl std::fmt::Display for Out {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "`{}` exited with {:?}\n--- stdout ---\n{}--- stderr ---\n{}",
-            self.command, self.code, self.stdout, self.stderr
-        )
-    }
-}
-
-impl Out {
-    /// Asserts success and returns self.
-    #[track_caller]
-    pub fn ok(self) -> Out {
-        assert_eq!(self.code, Some(0), "expected success:\n{self}");
-        self
-    }
-
-    /// stdout parsed as JSON (after asserting success).
-    #[track_caller]
-    pub fn json(self) -> Value {
-        let out = self.ok();
-        serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{out}"))
-    }
-}
+#[path = "../support/cli_process.rs"]
+mod cli_process;
+pub use cli_process::{Out, Pending};
 
 /// A live (not zombie) host process.
 #[derive(Debug, Clone, PartialEq, Eq)]
