@@ -83,11 +83,23 @@ impl ControlPlane {
         req: &ProxyRequest,
     ) -> ApiResult<OperatorProxyGrant> {
         self.check_project(project)?;
+        // A full name must name this project's network: taking only its last segment would
+        // authorise, and enter, a network the caller did not name.
+        if let Some(("projects", rest)) = req.network.split_once('/')
+            && let Some((named, _)) = rest.split_once('/')
+            && named != self.project.project_id
+            && named != self.project.project_number
+        {
+            return Err(ApiError::invalid(format!(
+                "network `{}` is in project `{named}`, but this runnel serves project `{}`; name a network of it (`runnel compute networks list`)",
+                req.network, self.project.project_id
+            )));
+        }
         let short = req.network.rsplit('/').next().unwrap_or_default().to_string();
         let network = format!("projects/{}/global/networks/{short}", self.project.project_id);
         let (subject, email) = Self::id_token_subject(caller)
             .ok_or_else(|| ApiError::unauthenticated("only an authenticated caller may open an operator proxy"))?;
-        let origin = self.read(|r| {
+        self.read(|r| {
             self.authorize(r, caller, NETWORK_USE, &Target { name: &network, policy_key: None })?;
             if get::<Network>(r, &network_key(&short))?.is_none() {
                 return Err(ApiError::not_found(format!(
@@ -99,13 +111,9 @@ impl ControlPlane {
                     "service `{service}` does not exist in region `{region}`; list services with `runnel run services list --region={region}`"
                 )));
             }
-            // The origin re-checks the permission itself: a VPC origin is only ever made after it.
-            let policy: Policy = get(r, PROJECT_POLICY_KEY)?.unwrap_or_default();
-            let project_name = self.project_name();
-            let scopes = [Scope { resource: &project_name, policy: &policy }];
-            Origin::operator_proxy(caller, &self.project.project_id, &network, &scopes)
-                .map_err(|d| ApiError::internal(format!("the operator proxy's origin was refused: {}", d.reason)))
+            Ok(())
         })?;
+        let origin = self.operator_proxy_origin(caller, &network)?;
         let host = self.service_host(region, service);
         let port = self.settings.url_suffix.rsplit_once(':').map(|(_, p)| p).unwrap_or("80");
         Ok(OperatorProxyGrant {
@@ -119,6 +127,25 @@ impl ControlPlane {
             network,
             origin,
             port: req.port,
+        })
+    }
+
+    /// The origin of a request on `caller`'s operator proxy into `network`, as the policies are
+    /// now: the daemon asks on every request, so a revoked `compute.networks.use` closes the
+    /// way into the network on the next one. The decision is the pure
+    /// [`Origin::operator_proxy`]; a refusal names the permission and how to grant it.
+    pub fn operator_proxy_origin(&self, caller: &Principal, network: &str) -> ApiResult<Origin> {
+        self.read(|r| {
+            let policy: Policy = get(r, PROJECT_POLICY_KEY)?.unwrap_or_default();
+            let project_name = self.project_name();
+            let scopes = [Scope { resource: &project_name, policy: &policy }];
+            Origin::operator_proxy(caller, &self.project.project_id, network, &scopes).map_err(|d| {
+                let member = caller.member();
+                ApiError::permission_denied(format!(
+                    "`{member}` does not hold `{NETWORK_USE}` on network `{network}` ({}), so an operator proxy may not enter it; an owner can grant it with `runnel projects add-iam-policy-binding {} --member={member} --role=roles/compute.networkUser`",
+                    d.reason, self.project.project_id
+                ))
+            })
         })
     }
 

@@ -39,6 +39,8 @@ pub fn holder_of(unique_id: &str, email: String) -> AccessTokenHolder {
 
 /// Opens operator proxies' listeners on this node's frontend.
 pub struct ProxyHost {
+    /// Weak: the control plane owns this host, and a strong reference back would be a cycle.
+    pub cp: std::sync::Weak<runnel_api::ControlPlane>,
     pub frontend: Arc<Frontend>,
     pub minter: Arc<Minter>,
     /// Turns true when the daemon stops.
@@ -75,8 +77,12 @@ impl OperatorProxies for ProxyHost {
             %address,
             "operator proxy opened"
         );
+        let (cp, caller, network) = (self.cp.clone(), grant.principal.clone(), grant.network.clone());
         let proxy = OperatorProxy {
-            origin: grant.origin,
+            origin: Arc::new(move || {
+                let cp = cp.upgrade().ok_or_else(|| "runnel is stopping".to_string())?;
+                cp.operator_proxy_origin(&caller, &network).map_err(|e| e.message)
+            }),
             authority,
             principal,
             target,

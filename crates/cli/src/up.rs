@@ -192,6 +192,7 @@ pub async fn serve(
         let routes = Arc::new(Routes::default());
         let front = Arc::new(Frontend::new(routes.clone(), sink.clone(), FrontendConfig::default()));
         cp.set_operator_proxies(Arc::new(crate::operator::ProxyHost {
+            cp: Arc::downgrade(&cp),
             frontend: front.clone(),
             minter: minter.clone(),
             stop: closing_rx.clone(),

@@ -35,5 +35,5 @@ pub use contract::{
     RequestLog, RequestRecord, Route, Router, Unavailable,
 };
 pub use frontend::{Frontend, FrontendConfig};
-pub use operator::{OperatorProxy, TokenSource};
+pub use operator::{OperatorProxy, OriginSource, TokenSource};
 pub use runtime::{build_runtime, default_workers};

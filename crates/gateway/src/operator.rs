@@ -37,10 +37,14 @@ const X_SERVERLESS_AUTHORIZATION: HeaderName = HeaderName::from_static("x-server
 /// Mints the principal's ID token for the service (cached by the minter), or says why not.
 pub type TokenSource = Arc<dyn Fn() -> Result<String, String> + Send + Sync>;
 
+/// The VPC origin of the next request, decided against current policy (the principal may have
+/// lost the permission to use the network since the proxy opened), or why there is none.
+pub type OriginSource = Arc<dyn Fn() -> Result<Origin, String> + Send + Sync>;
+
 /// One operator proxy: where its requests go, with which origin and whose token.
 pub struct OperatorProxy {
-    /// The VPC origin the control plane made for the principal.
-    pub origin: Origin,
+    /// The VPC origin the control plane makes for the principal, on every request.
+    pub origin: OriginSource,
     /// The service's host and frontend port: the `Host` of every forwarded request.
     pub authority: HeaderValue,
     /// The principal's member (`user:…`), for the log line of every request.
@@ -103,6 +107,15 @@ impl Frontend {
         peer: &Peer,
         proxy: &OperatorProxy,
     ) -> Response<ResponseBody> {
+        let origin = match (proxy.origin)() {
+            Ok(origin) => origin,
+            Err(why) => {
+                tracing::warn!(principal = proxy.principal.as_str(), target = proxy.target.as_str(), error = %why, "operator proxy refused a request");
+                let mut r = Response::new(ResponseBody::text(format!("runnel's operator proxy: {why}\n")));
+                *r.status_mut() = StatusCode::FORBIDDEN;
+                return r;
+            }
+        };
         let token = match (proxy.token)() {
             Ok(token) => token,
             Err(why) => {
@@ -124,11 +137,11 @@ impl Frontend {
         req.headers_mut().insert(X_SERVERLESS_AUTHORIZATION, bearer);
         let method = req.method().clone();
         let path = req.uri().path().to_string();
-        let response = self.handle(req, peer, &proxy.origin).await;
+        let response = self.handle(req, peer, &origin).await;
         tracing::info!(
             principal = proxy.principal.as_str(),
             target = proxy.target.as_str(),
-            origin = %proxy.origin,
+            origin = %origin,
             method = %method,
             path = path.as_str(),
             status = response.status().as_u16(),

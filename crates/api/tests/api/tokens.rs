@@ -181,6 +181,13 @@ async fn an_operator_proxy_needs_compute_networks_use_on_the_network() {
     )
     .await
     .refused(404, "NOT_FOUND", "service `ghost` does not exist");
+    // A full name must be this project's network, not one of the same short name elsewhere.
+    api.post(&api.owner, &path, &json!({"network": "projects/other/global/networks/vpc"})).await.refused(
+        400,
+        "INVALID_ARGUMENT",
+        format!("network `projects/other/global/networks/vpc` is in project `other`, but this runnel serves project `{PROJECT}`"),
+    );
+    assert!(proxies.grants.lock().unwrap().is_empty());
 
     api.grant(&project(), ALICE, "roles/compute.networkUser").await;
     api.post(&alice, &path, &json!({"network": "vpc", "port": 0})).await.refused(

@@ -52,6 +52,12 @@ impl Daemon {
 
 /// A GET on a local port: status and request id.
 fn get(port: u16) -> (u16, Option<String>) {
+    let (status, id, _) = get_text(port);
+    (status, id)
+}
+
+/// A GET on a local port: status, request id and the whole response text.
+fn get_text(port: u16) -> (u16, Option<String>, String) {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     write!(s, "GET / HTTP/1.1\r\nHost: localhost:{port}\r\nConnection: close\r\n\r\n").unwrap();
@@ -61,7 +67,7 @@ fn get(port: u16) -> (u16, Option<String>) {
     let id = text
         .lines()
         .find_map(|l| l.to_ascii_lowercase().strip_prefix("x-runnel-request-id: ").map(|v| v.trim().to_string()));
-    (status, id)
+    (status, id, text)
 }
 
 #[test]
@@ -135,6 +141,25 @@ fn an_internal_service_is_reachable_through_an_operator_proxy_into_its_network_o
     ]);
     assert!(!ok);
     assert!(err.contains("PERMISSION_DENIED") && err.contains("compute.networks.use"), "{err}");
+
+    // Granted, she enters; the grant removed, her proxy still open stops entering the network
+    // on the very next request (the origin is decided per request, against current policy).
+    let grant = |verb: &str, role: &str| {
+        d.ok(&["projects", verb, "runnel-local", "--member=user:alice@example.com", &format!("--role={role}")]);
+    };
+    grant("add-iam-policy-binding", "roles/compute.networkUser");
+    grant("add-iam-policy-binding", "roles/run.invoker");
+    let port = free_port();
+    let credential = format!("--credential-file={}", alice.display());
+    let _proxy = d.proxy(&["internal", &format!("--port={port}"), "--network=vpc", &credential]);
+    assert_eq!(get(port).0, 200);
+    grant("remove-iam-policy-binding", "roles/compute.networkUser");
+    let (status, id, text) = get_text(port);
+    assert_eq!((status, id), (403, None), "refused before reaching the frontend: {text}");
+    assert!(
+        text.contains("does not hold `compute.networks.use`") && text.contains("roles/compute.networkUser"),
+        "{text}"
+    );
 }
 
 #[test]
