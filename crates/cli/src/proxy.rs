@@ -106,21 +106,24 @@ async fn from_here(client: &Client, url: String, port: u16) -> Result<()> {
     let local = listener.local_addr()?;
     let tokens = IdTokens { client, audience: url.clone(), cached: Mutex::new(None) };
     // Fail now, not on the first request, if no token can be had.
-    let current = Arc::new(Mutex::new(bearer(&tokens.get().await?)));
+    let current = Arc::new(Mutex::new(bearer(&tokens.get().await?)?));
     eprintln!("http://{local} proxies to {url}");
     let shared = Arc::new(Forwarder { frontend, host, token: current.clone() });
     let mut renew = tokio::time::interval(std::time::Duration::from_secs(60));
     let mut connections = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, _) = accepted?;
-                connections.spawn(shared.clone().serve(stream));
-                while connections.try_join_next().is_some() {}
-            }
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    connections.spawn(shared.clone().serve(stream));
+                    while connections.try_join_next().is_some() {}
+                }
+                // One failed accept (a client gone, too many open files) ends no proxy.
+                Err(e) => tracing::warn!(error = %e, "cannot accept a connection; the proxy goes on"),
+            },
             // The forwarding tasks read the current token; this loop keeps it fresh.
-            _ = renew.tick() => match tokens.get().await {
-                Ok(t) => *current.lock().unwrap_or_else(PoisonError::into_inner) = bearer(&t),
+            _ = renew.tick() => match tokens.get().await.and_then(|t| bearer(&t)) {
+                Ok(b) => *current.lock().unwrap_or_else(PoisonError::into_inner) = b,
                 Err(e) => tracing::warn!(error = %e, "cannot renew the ID token; requests keep the old one until it expires"),
             },
             _ = tokio::signal::ctrl_c() => return Ok(()),
@@ -128,15 +131,18 @@ async fn from_here(client: &Client, url: String, port: u16) -> Result<()> {
     }
 }
 
-fn bearer(token: &str) -> Option<HeaderValue> {
-    HeaderValue::from_str(&format!("Bearer {token}")).ok()
+/// The header a token travels in; a token that cannot be one is an error, never a request
+/// silently sent without it.
+fn bearer(token: &str) -> anyhow::Result<HeaderValue> {
+    HeaderValue::from_str(&format!("Bearer {token}"))
+        .map_err(|_| anyhow::anyhow!("the ID token runnel returned is not a valid header value; the daemon and this CLI may be of different versions"))
 }
 
 struct Forwarder {
     frontend: String,
     host: HeaderValue,
     /// `Bearer <ID token>`, renewed by the accept loop.
-    token: Arc<Mutex<Option<HeaderValue>>>,
+    token: Arc<Mutex<HeaderValue>>,
 }
 
 impl Forwarder {
@@ -149,16 +155,14 @@ impl Forwarder {
         let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
     }
 
-    async fn forward(&self, mut req: Request<Incoming>, token: Option<HeaderValue>) -> Response<Body> {
+    async fn forward(&self, mut req: Request<Incoming>, token: HeaderValue) -> Response<Body> {
         let path = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_string();
         if let Ok(uri) = path.parse() {
             *req.uri_mut() = uri;
         }
         req.headers_mut().insert(HOST, self.host.clone());
-        req.headers_mut().remove(X_SERVERLESS_AUTHORIZATION);
-        if let Some(token) = token {
-            req.headers_mut().insert(X_SERVERLESS_AUTHORIZATION, token);
-        }
+        // `insert` replaces whatever the client sent in that header.
+        req.headers_mut().insert(X_SERVERLESS_AUTHORIZATION, token);
         match self.send(req).await {
             Ok(response) => response.map(Either::Left),
             Err(e) => {

@@ -209,6 +209,7 @@ fn a_receiver_verifies_runnel_tokens_itself_with_the_keys_from_the_egress_proxy(
     let elsewhere = d.ok(&["auth", "print-identity-token", "--audiences=http://elsewhere.example"]);
     let (status, answer) = get_with(&d, &host, Some(&format!("Bearer {}", elsewhere.trim())));
     assert_eq!(status, 401, "{answer}");
+    assert!(answer["error"].as_str().unwrap().contains("wrong audience"), "{answer}");
 
     // Through the egress proxy, the issuer answers exactly its publication paths; every other
     // request to runnel's listeners is refused as before.
