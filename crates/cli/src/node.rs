@@ -102,9 +102,7 @@ impl RequestLog for Logs {
         if let Ok(mut map) = self.refusals.lock() {
             *map.entry((refusal.stage, refusal.reason.clone())).or_insert(0) += 1;
         }
-        if let Ok(v) = serde_json::to_value(&refusal) {
-            self.store.append("-", "-", Kind::Denied, &v);
-        }
+        self.store.append_record("-", "-", Kind::Denied, &refusal);
     }
 }
 

@@ -30,10 +30,8 @@ use tokio::net::{TcpStream, UnixListener, UnixStream};
 use crate::body::ResponseBody;
 use crate::contract::{EgressPlanner, Plan, Published};
 use crate::frontend::Frontend;
-use crate::headers::Peer;
+use crate::headers::{Peer, X_RUNNEL_REQUEST_ID};
 use crate::record::RequestId;
-
-const X_RUNNEL_REQUEST_ID: &str = "x-runnel-request-id";
 
 fn text(status: StatusCode, id: &HeaderValue, body: String) -> Response<ResponseBody> {
     let mut r = Response::new(ResponseBody::text(body));

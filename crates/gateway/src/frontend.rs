@@ -139,11 +139,6 @@ impl Frontend {
         }
     }
 
-    /// Forgets a stopped instance and closes its idle connections.
-    pub fn forget_instance(&self, instance: &str) {
-        self.instances.forget(instance);
-    }
-
     async fn serve_connection(self: Arc<Self>, stream: TcpStream, remote: SocketAddr, mut stop: watch::Receiver<bool>) {
         // Responses are written whole by hyper; Nagle would only delay their last segment.
         let _ = stream.set_nodelay(true);

@@ -215,7 +215,10 @@ impl Instances {
         known
     }
 
-    /// Forgets an instance that has stopped, closing its idle connections.
+    /// Forgets an instance, closing its idle connections. Only tests call it: a stopped
+    /// instance's connections fail and are dropped on use, and the reaper closes idle ones and
+    /// forgets instances unused for a while.
+    #[cfg(test)]
     pub(crate) fn forget(&self, instance: &str) {
         self.known.write().unwrap_or_else(PoisonError::into_inner).remove(instance);
     }
