@@ -60,7 +60,9 @@ fn looks_like_jwt(bearer: &str) -> bool {
     bearer.starts_with("eyJ") && bearer.split('.').count() == 3
 }
 
-/// `3600s` → 3600; refuses other forms and lifetimes runnel does not issue.
+/// Checks a requested `lifetime` (`3600s`): refuses other forms and anything over what runnel
+/// issues. A shorter lifetime is accepted but not honoured: every access token lives the
+/// minter's one hour, and the answer's `expireTime` says so (unlike Google, which shortens it).
 fn parse_lifetime(lifetime: Option<&str>) -> ApiResult<()> {
     let Some(text) = lifetime.map(str::trim).filter(|t| !t.is_empty()) else {
         return Ok(());
