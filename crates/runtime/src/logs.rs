@@ -63,6 +63,20 @@ struct Open {
     /// Bytes in the file, as far as this store knows.
     written: u64,
     pending: Vec<u8>,
+    /// The buffer of the batch last written, cleared, which `pending` swaps with at the next
+    /// flush. Under steady load lines arrive while a batch is being written, so without it
+    /// every batch would start from an empty buffer and grow by doubling: reallocation,
+    /// copying and fresh pages on the frontend's thread, about once per request's worth of
+    /// bytes (`docs/performance.md`).
+    spare: Vec<u8>,
+}
+
+/// A file's lines on their way to the disk, with what the store knows of the file.
+struct Batch {
+    path: PathBuf,
+    file: Option<File>,
+    written: u64,
+    lines: Vec<u8>,
 }
 
 /// kind → region → service → file: looked up with borrowed strings, so appending allocates
@@ -261,7 +275,10 @@ impl Shared {
         let services = by_region.get_mut(region)?;
         if !services.contains_key(service) {
             let path = self.path(region, service, kind);
-            services.insert(service.to_owned(), Open { path, file: None, written: 0, pending: Vec::new() });
+            services.insert(
+                service.to_owned(),
+                Open { path, file: None, written: 0, pending: Vec::new(), spare: Vec::new() },
+            );
         }
         services.get_mut(service)
     }
@@ -295,36 +312,51 @@ impl Shared {
     /// appenders (the frontend) never wait for the disk.
     fn flush(&self) {
         let _writing = lock(&self.writing);
-        let mut batches = Vec::new();
-        {
-            let mut files = lock(&self.files);
-            for services in files.iter_mut().flat_map(|by_region| by_region.values_mut()) {
-                for open in services.values_mut() {
-                    if !open.pending.is_empty() {
-                        let lines = std::mem::take(&mut open.pending);
-                        batches.push((open.path.clone(), open.file.take(), open.written, lines));
-                    }
-                }
-            }
-        }
+        let batches = self.take_pending();
         if batches.is_empty() {
             return;
         }
-        let mut done = Vec::with_capacity(batches.len());
-        for (path, file, written, lines) in batches {
-            let (file, written) = match self.write_batch(&path, file, written, &lines) {
-                Ok(state) => state,
-                Err(e) => {
-                    tracing::warn!(path = %path.display(), error = %e, "cannot write log lines; they are dropped");
-                    (None, 0)
-                }
-            };
-            done.push((path, file, written, lines));
-        }
-        // Give the files back (and the buffers, to reuse their capacity) unless the service
-        // was forgotten meanwhile.
+        let written = batches.into_iter().map(|batch| self.write_pending(batch)).collect();
+        self.give_back(written);
+    }
+
+    /// Every file's pending lines, with its handle; each file's spare buffer takes their place.
+    fn take_pending(&self) -> Vec<Batch> {
+        let mut batches = Vec::new();
         let mut files = lock(&self.files);
-        for (path, file, written, mut lines) in done {
+        for services in files.iter_mut().flat_map(|by_region| by_region.values_mut()) {
+            for open in services.values_mut() {
+                if !open.pending.is_empty() {
+                    let lines = std::mem::replace(&mut open.pending, std::mem::take(&mut open.spare));
+                    batches.push(Batch {
+                        path: open.path.clone(),
+                        file: open.file.take(),
+                        written: open.written,
+                        lines,
+                    });
+                }
+            }
+        }
+        batches
+    }
+
+    fn write_pending(&self, batch: Batch) -> Batch {
+        let Batch { path, file, written, lines } = batch;
+        let (file, written) = match self.write_batch(&path, file, written, &lines) {
+            Ok(state) => state,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot write log lines; they are dropped");
+                (None, 0)
+            }
+        };
+        Batch { path, file, written, lines }
+    }
+
+    /// Gives the files back, and their buffers to reuse their capacity, unless the service was
+    /// forgotten meanwhile.
+    fn give_back(&self, done: Vec<Batch>) {
+        let mut files = lock(&self.files);
+        for Batch { path, file, written, mut lines } in done {
             let found = files
                 .iter_mut()
                 .flat_map(|by_region| by_region.values_mut())
@@ -333,10 +365,16 @@ impl Shared {
             if let Some(open) = found {
                 open.file = file;
                 open.written = written;
-                if open.pending.is_empty() {
-                    lines.clear();
-                    open.pending = lines;
+                // The larger of the two buffers is the one to keep filling; a burst's buffer is
+                // not kept beyond what wakes the writer early.
+                lines.clear();
+                if lines.capacity() > 2 * WAKE_AT {
+                    lines.shrink_to(2 * WAKE_AT);
                 }
+                if open.pending.is_empty() && open.pending.capacity() < lines.capacity() {
+                    std::mem::swap(&mut open.pending, &mut lines);
+                }
+                open.spare = lines;
             }
         }
     }
@@ -439,6 +477,45 @@ mod tests {
         logs.append("local1", "svc", Kind::Requests, &json!({ "n": 2 }));
         drop(logs);
         assert_eq!(std::fs::read_to_string(&file).unwrap(), "{\"n\":1}\n{\"n\":2}\n");
+    }
+
+    #[test]
+    fn lines_that_arrive_while_a_batch_is_written_fill_a_buffer_with_room() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = LogStore::new(dir.path().to_path_buf(), 1 << 20);
+        let append = || {
+            logs.append_line("local1", "svc", Kind::Requests, |buf| {
+                buf.extend_from_slice(&[b'x'; 999]);
+                buf.push(b'\n');
+            })
+        };
+        let capacity = || {
+            let mut files = lock(&logs.shared.files);
+            logs.shared.entry(&mut files, "local1", "svc", Kind::Requests).unwrap().pending.capacity()
+        };
+        // A batch of 100 lines is written while the frontend appends one more, as under load
+        // (the writer thread is held off by taking `writing`).
+        let shared = &logs.shared;
+        let writing = lock(&shared.writing);
+        for _ in 0..100 {
+            append();
+        }
+        let batches = shared.take_pending();
+        append();
+        let written = batches.into_iter().map(|b| shared.write_pending(b)).collect();
+        shared.give_back(written);
+        drop(writing);
+        // The next batch is taken; the lines after it go into the first batch's buffer.
+        logs.flush();
+        let room = capacity();
+        assert!(room >= 100 * 1000, "the buffer of 100 lines was kept for the next ones, got {room}");
+        for _ in 0..100 {
+            append();
+        }
+        assert_eq!(capacity(), room, "100 more lines fit without growing the buffer");
+        logs.flush();
+        let file = dir.path().join("local1/svc/requests.jsonl");
+        assert_eq!(std::fs::read(&file).unwrap().len(), 201 * 1000);
     }
 
     #[test]
