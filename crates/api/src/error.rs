@@ -13,11 +13,21 @@ pub struct ApiError {
     pub code: StatusCode,
     pub status: &'static str,
     pub message: String,
+    /// The decision's reason code, for refusals that come from one; sent as Google's
+    /// `ErrorInfo` detail (`{"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason",
+    /// "domain"}`), so clients can tell refusals apart without reading the message.
+    pub reason: Option<runnel_policy::Reason>,
 }
 
 impl ApiError {
     fn new(code: StatusCode, status: &'static str, message: impl Into<String>) -> Self {
-        Self { code, status, message: message.into() }
+        Self { code, status, message: message.into(), reason: None }
+    }
+
+    /// The same error, tagged with the reason of the decision that caused it.
+    pub fn because(mut self, reason: runnel_policy::Reason) -> Self {
+        self.reason = Some(reason);
+        self
     }
 
     /// An error for a status that came from outside the control plane's own methods.
@@ -87,9 +97,16 @@ impl From<StoreError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({
-            "error": { "code": self.code.as_u16(), "message": self.message, "status": self.status }
-        });
+        let mut error =
+            serde_json::json!({ "code": self.code.as_u16(), "message": self.message, "status": self.status });
+        if let Some(reason) = self.reason {
+            error["details"] = serde_json::json!([{
+                "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                "reason": reason.code(),
+                "domain": "runnel",
+            }]);
+        }
+        let body = serde_json::json!({ "error": error });
         (self.code, Json(body)).into_response()
     }
 }

@@ -19,6 +19,7 @@ use axum::extract::{Path, State};
 use axum::response::Response;
 use runnel_model::service_account::ServiceAccount;
 use runnel_policy::iam::Principal;
+use runnel_policy::principal;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -107,32 +108,30 @@ impl ControlPlane {
                 "the access token is not valid: it expired, the daemon restarted since it was issued (runnel keeps access tokens in memory only), or another runnel issued it; get a new one (`runnel auth print-access-token`, or the metadata server's `token`)",
             )
         })?;
-        match holder {
+        let (decision, principal) = match holder {
             AccessTokenHolder::ServiceAccount { unique_id, email } => {
                 let account: Option<ServiceAccount> = self.read(|r| get(r, &crate::accounts::key(&email)))?;
-                match account {
-                    None => Err(ApiError::unauthenticated(format!(
-                        "the access token belongs to service account `{email}`, which was deleted; its tokens no longer work"
-                    ))),
-                    Some(a) if a.unique_id != unique_id => Err(ApiError::unauthenticated(format!(
-                        "the access token belongs to an earlier service account `{email}` that was deleted; the account now under that email is a new one, and tokens of the old one do not work for it. Get a new token"
-                    ))),
-                    Some(a) if a.disabled => Err(ApiError::unauthenticated(format!(
-                        "the access token belongs to service account `{email}`, which is disabled; an owner can enable it with `runnel iam service-accounts enable {email}`"
-                    ))),
-                    Some(_) => Ok(Principal::ServiceAccount { email, unique_id }),
-                }
+                let current = account.as_ref().map(|a| principal::Account {
+                    unique_id: &a.unique_id,
+                    email: &a.email,
+                    disabled: a.disabled,
+                });
+                let issued = principal::IssuedTo { unique_id: &unique_id, email: Some(&email) };
+                (principal::service_account(issued, current), Principal::ServiceAccount { email, unique_id })
             }
             AccessTokenHolder::User { email } => {
-                if self.person_has_credential(&email)? {
-                    Ok(Principal::User { email })
-                } else {
-                    Err(ApiError::unauthenticated(format!(
-                        "the access token belongs to `user:{email}`, whose credentials were all revoked; its tokens no longer work"
-                    )))
-                }
+                (principal::person(&email, self.person_has_credential(&email)?), Principal::User { email })
             }
+        };
+        if decision.allowed {
+            return Ok(principal);
         }
+        Err(ApiError::unauthenticated(format!(
+            "the access token no longer works ({}): {}",
+            decision.reason,
+            decision.trace.join("; ")
+        ))
+        .because(decision.reason))
     }
 
     /// Whether a person still holds a credential: the tokens runnel gave them (access tokens

@@ -721,15 +721,9 @@ impl runnel_gateway::Invoker for InvokerGate {
             }
             // A person's token lives as long as one of their credentials does, as with service
             // accounts, whose tokens die with the account.
-            if self.state.person(&self.cp, &claims.sub) != Some(true) {
-                return deny(
-                    403,
-                    Reason::PrincipalDeleted,
-                    vec![format!(
-                        "`user:{}` holds no runnel credential any more (all were revoked), so the tokens runnel gave them no longer work",
-                        claims.sub
-                    )],
-                );
+            let holds_credential = self.state.person(&self.cp, &claims.sub) == Some(true);
+            if let Some(refusal) = runnel_policy::principal::refuses_person(&claims.sub, holds_credential) {
+                return deny(403, refusal.reason, refusal.trace);
             }
             if let Err(decision) = access.invoke((false, &claims.sub), || Principal::User { email: claims.sub.clone() })
             {
@@ -742,36 +736,23 @@ impl runnel_gateway::Invoker for InvokerGate {
             }
             return admitted(name, token);
         }
-        let account = match self.state.account(&self.cp, &claims.sub) {
-            Some(a) => a,
-            _ => {
-                return deny(
-                    403,
-                    Reason::PrincipalDeleted,
-                    vec![format!(
-                        "the token's service account (unique id {}) no longer exists; tokens name an account by unique id, so a re-created account needs new tokens",
-                        claims.sub
-                    )],
-                );
+        // Tokens name their account by unique id; the account found under it must still be
+        // that account, with the token's email, and enabled.
+        let account = self.state.account(&self.cp, &claims.sub);
+        let current = account.as_deref().map(|a| runnel_policy::principal::Account {
+            unique_id: &a.unique_id,
+            email: &a.email,
+            disabled: a.disabled,
+        });
+        let issued = runnel_policy::principal::IssuedTo { unique_id: &claims.sub, email: claims.email.as_deref() };
+        let refusal = runnel_policy::principal::refuses_service_account(issued, current);
+        let account = match (account, refusal) {
+            (Some(account), None) => account,
+            (_, refusal) => {
+                let refusal = refusal.unwrap_or_else(|| runnel_policy::principal::service_account(issued, None));
+                return deny(403, refusal.reason, refusal.trace);
             }
         };
-        if claims.email.as_deref().is_some_and(|e| !e.eq_ignore_ascii_case(&account.email)) {
-            return deny(
-                403,
-                Reason::PrincipalDeleted,
-                vec!["the token's email no longer belongs to its account".into()],
-            );
-        }
-        if account.disabled {
-            return deny(
-                403,
-                Reason::PrincipalDisabled,
-                vec![format!(
-                    "service account `{}` is disabled; enable it with `runnel iam service-accounts enable {}`",
-                    account.email, account.email
-                )],
-            );
-        }
         let principal =
             || Principal::ServiceAccount { email: account.email.clone(), unique_id: account.unique_id.clone() };
         if let Err(decision) = access.invoke((true, &account.unique_id), principal) {

@@ -66,6 +66,8 @@ pub enum Reason {
     TokenAudienceMismatch,
     /// An access token was sent where an ID token is needed.
     TokenAccessTokenNotIdToken,
+    /// The principal a credential was issued to still exists and is enabled.
+    PrincipalActive,
     /// The token's service account is disabled.
     PrincipalDisabled,
     /// The token's service account no longer exists (or was re-created with another unique id).
@@ -105,6 +107,7 @@ impl Reason {
         Reason::TokenWrongIssuer,
         Reason::TokenAudienceMismatch,
         Reason::TokenAccessTokenNotIdToken,
+        Reason::PrincipalActive,
         Reason::PrincipalDisabled,
         Reason::PrincipalDeleted,
     ];
@@ -143,6 +146,7 @@ impl Reason {
             Reason::TokenWrongIssuer => "token.wrong_issuer",
             Reason::TokenAudienceMismatch => "token.audience_mismatch",
             Reason::TokenAccessTokenNotIdToken => "token.access_token_not_id_token",
+            Reason::PrincipalActive => "principal.active",
             Reason::PrincipalDisabled => "principal.disabled",
             Reason::PrincipalDeleted => "principal.deleted",
         }

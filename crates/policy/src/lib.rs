@@ -12,6 +12,7 @@ pub mod egress;
 pub mod iam;
 pub mod ingress;
 pub mod origin;
+pub mod principal;
 pub mod roles;
 
 mod decision;

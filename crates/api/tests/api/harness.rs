@@ -51,13 +51,26 @@ impl Reply {
         assert!(self.content_type.starts_with("application/json"), "{ctx}: content type `{}`", self.content_type);
         let error = self.body.get("error").and_then(Value::as_object);
         let Some(error) = error else { panic!("{ctx}: the body is not {{\"error\":{{…}}}}: {}", self.text) };
-        let mut keys: Vec<&str> = error.keys().map(String::as_str).collect();
+        let mut keys: Vec<&str> = error.keys().map(String::as_str).filter(|k| *k != "details").collect();
         keys.sort_unstable();
         assert_eq!(keys, ["code", "message", "status"], "{ctx}: error fields");
         assert_eq!(error["code"], json!(code), "{ctx}: error.code");
         assert_eq!(error["status"], json!(status), "{ctx}: error.status; message {}", error["message"]);
         let message = error["message"].as_str().unwrap_or_default();
         assert!(message.contains(fragment), "{ctx}: error.message is `{message}`");
+    }
+
+    /// [`Reply::refused`], and the refusal names its decision's reason in an `ErrorInfo` detail.
+    #[track_caller]
+    pub fn refused_for(&self, code: u16, status: &str, reason: runnel_policy::Reason) {
+        self.refused(code, status, format!("({reason})"));
+        let details = &self.body["error"]["details"];
+        assert_eq!(
+            details,
+            &json!([{ "@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": reason.code(), "domain": "runnel" }]),
+            "{}: error.details",
+            self.request
+        );
     }
 
     /// Asserts only the shape of an error: the HTTP code, the same code in the body, and a

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use runnel_api::{AccessTokenHolder, ApiError, ApiResult, OpenedProxy, OperatorProxies, OperatorProxyGrant};
+use runnel_policy::Reason;
 use runnel_policy::origin::Via;
 use serde_json::json;
 
@@ -87,7 +88,7 @@ async fn a_service_accounts_access_token_acts_with_exactly_its_permissions() {
 
     // Disabled: refused with 401 on the next call, and no new token; enabled again: it works.
     api.post(&api.owner, &format!("{}:disable", account(&sa)), &json!({})).await.ok();
-    api.get(&token, &services("local1")).await.refused(401, "UNAUTHENTICATED", "which is disabled");
+    api.get(&token, &services("local1")).await.refused_for(401, "UNAUTHENTICATED", Reason::PrincipalDisabled);
     api.post(&api.owner, &generate(&sa), &json!({})).await.refused(
         400,
         "FAILED_PRECONDITION",
@@ -98,9 +99,11 @@ async fn a_service_accounts_access_token_acts_with_exactly_its_permissions() {
 
     // Deleted, then re-created under the same email: the old token is not the new account's.
     api.delete(&api.owner, &account(&sa)).await.ok();
-    api.get(&token, &services("local1")).await.refused(401, "UNAUTHENTICATED", "which was deleted");
+    api.get(&token, &services("local1")).await.refused_for(401, "UNAUTHENTICATED", Reason::PrincipalDeleted);
     api.create_account("viewer").await;
-    api.get(&token, &services("local1")).await.refused(401, "UNAUTHENTICATED", "tokens of the old one do not work");
+    let recreated = api.get(&token, &services("local1")).await;
+    recreated.refused_for(401, "UNAUTHENTICATED", Reason::PrincipalDeleted);
+    recreated.refused(401, "UNAUTHENTICATED", "was deleted and re-created");
 }
 
 #[tokio::test]
@@ -151,7 +154,7 @@ async fn a_persons_access_token_acts_as_them_until_their_credentials_are_revoked
     api.grant(&project(), ALICE, "roles/run.viewer").await;
     api.get(&token, &services("local1")).await.ok();
     api.delete(&api.owner, &format!("{}/{id}", credentials())).await.ok();
-    api.get(&token, &services("local1")).await.refused(401, "UNAUTHENTICATED", "whose credentials were all revoked");
+    api.get(&token, &services("local1")).await.refused_for(401, "UNAUTHENTICATED", Reason::PrincipalDeleted);
 }
 
 #[tokio::test]
