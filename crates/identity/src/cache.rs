@@ -2,7 +2,16 @@
 //! than one per request.
 //!
 //! Keyed by the whole token string: a token whose signature (or anything else) was changed is a
-//! different string, is never found here, and goes through the full check. An entry remembers
+//! different string, is never found here, and goes through the full check. The index hashes
+//! only the signature segment (a third of the token, and what makes honest tokens distinct);
+//! the whole string is still compared before an entry is used, so a token that shares a
+//! cached token's signature but not its header or claims misses, and is refused by the full
+//! check like any forgery.
+//!
+//! More precisely the index hashes the last [`HASHED_TAIL`] characters of the token, which are
+//! the end of its signature: 192 bits of an RSA signature, which differ between any two tokens
+//! runnel signed, for a tenth of the hashing of the whole segment (this runs on every request
+//! that carries a token). An entry remembers
 //! the claims and the fingerprint of the key that verified them; a hit still checks that this key
 //! is published in the caller's key set, and runs the claim checks (issuer, time, audience) with
 //! the caller's arguments, which are cheap. Entries leave when they expire or, when a shard is
@@ -15,6 +24,8 @@ use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+
+use axum::http::HeaderValue;
 
 use crate::keys::KeySet;
 use crate::verify::{Claims, Refusal, check_claims, verify_signature};
@@ -32,10 +43,42 @@ pub struct CacheStats {
     pub entries: usize,
 }
 
+/// What the frontend replaces a checked token's signature with, as Cloud Run's does.
+pub const SIGNATURE_REMOVED: &str = "SIGNATURE_REMOVED_BY_GOOGLE";
+
+/// A token that passed every check.
+#[derive(Debug, Clone)]
+pub struct Verified {
+    pub claims: Arc<Claims>,
+    /// The `Bearer …` header value the token is forwarded as once checked: its signature
+    /// replaced by [`SIGNATURE_REMOVED`], so the receiving instance cannot replay it from its
+    /// logs. Made and validated once per cached token; a clone shares the bytes. `None` only
+    /// for a token that cannot be a header value, which the frontend must then refuse.
+    pub forwarded: Option<HeaderValue>,
+}
+
+/// `Bearer HEADER.CLAIMS.SIGNATURE_REMOVED_BY_GOOGLE` for `token`.
+fn forwarded(token: &str) -> Option<HeaderValue> {
+    let signed = token.rsplit_once('.').map_or(token, |(signed, _)| signed);
+    HeaderValue::from_maybe_shared(format!("Bearer {signed}.{SIGNATURE_REMOVED}")).ok()
+}
+
+/// How many characters from the end of a token the index hashes.
+pub const HASHED_TAIL: usize = 32;
+
+/// The part of a token the index hashes: its end, which for any token that can verify is the
+/// end of its signature (an RS256 signature is 342 characters). Taken without looking for the
+/// last dot, which would scan the whole signature.
+fn hashed_part(token: &str) -> &[u8] {
+    let bytes = token.as_bytes();
+    &bytes[bytes.len().saturating_sub(HASHED_TAIL)..]
+}
+
 struct Slot {
     hash: u64,
     token: Box<str>,
     claims: Arc<Claims>,
+    forwarded: Option<HeaderValue>,
     fingerprint: Vec<u8>,
     kid: String,
     referenced: bool,
@@ -148,7 +191,20 @@ impl VerifyCache {
         now: u64,
         skew: u64,
     ) -> Result<Arc<Claims>, Refusal> {
-        let hash = self.hasher.hash_one(token);
+        self.verify_forwarded(token, keys, issuer, audiences, now, skew).map(|verified| verified.claims)
+    }
+
+    /// [`VerifyCache::verify`], with the value the token is forwarded as.
+    pub fn verify_forwarded(
+        &self,
+        token: &str,
+        keys: &KeySet,
+        issuer: &str,
+        audiences: &[String],
+        now: u64,
+        skew: u64,
+    ) -> Result<Verified, Refusal> {
+        let hash = self.hasher.hash_one(hashed_part(token));
         let shard = &self.shards[(hash as usize) % SHARDS];
 
         let cached = {
@@ -159,7 +215,7 @@ impl VerifyCache {
                     let still_published = keys.get(&slot.kid).is_some_and(|k| k.fingerprint() == slot.fingerprint);
                     if still_published {
                         slot.referenced = true;
-                        Some(slot.claims.clone())
+                        Some(Verified { claims: slot.claims.clone(), forwarded: slot.forwarded.clone() })
                     } else {
                         shard.remove(i);
                         None
@@ -168,20 +224,22 @@ impl VerifyCache {
                 None => None,
             }
         };
-        if let Some(claims) = cached {
+        if let Some(verified) = cached {
             self.hits.fetch_add(1, Ordering::Relaxed);
-            check_claims(&claims, issuer, audiences, now, skew)?;
-            return Ok(claims);
+            check_claims(&verified.claims, issuer, audiences, now, skew)?;
+            return Ok(verified);
         }
 
         self.misses.fetch_add(1, Ordering::Relaxed);
         let signed = verify_signature(token, keys, Some(&self.rsa_verifications))?;
         let claims = Arc::new(signed.claims);
+        let forwarded = forwarded(token);
         if claims.exp.saturating_add(skew) >= now {
             let slot = Slot {
                 hash,
                 token: token.into(),
                 claims: claims.clone(),
+                forwarded: forwarded.clone(),
                 fingerprint: signed.fingerprint,
                 kid: signed.kid,
                 referenced: false,
@@ -193,7 +251,7 @@ impl VerifyCache {
             }
         }
         check_claims(&claims, issuer, audiences, now, skew)?;
-        Ok(claims)
+        Ok(Verified { claims, forwarded })
     }
 
     pub fn stats(&self) -> CacheStats {
@@ -247,6 +305,7 @@ mod tests {
             hash,
             token: format!("t{hash}").into(),
             claims: Arc::new(claims),
+            forwarded: None,
             fingerprint: vec![],
             kid: "k".into(),
             referenced: false,

@@ -33,7 +33,7 @@ pub mod mint;
 pub mod publish;
 pub mod verify;
 
-pub use cache::{CacheStats, VerifyCache};
+pub use cache::{CacheStats, SIGNATURE_REMOVED, Verified, VerifyCache};
 pub use keys::{KeyError, KeyPolicy, KeySet, Keys, PublicKey, SigningKey};
 pub use metadata::{AccountSource, Instance, MetadataServer, unix_now};
 pub use mint::{

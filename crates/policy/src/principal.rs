@@ -45,8 +45,10 @@ pub fn service_account(issued: IssuedTo<'_>, current: Option<Account<'_>>) -> De
 /// [`service_account`]'s refusal, or `None` when the credential stands: the form for the
 /// request path, which builds no trace for a credential that stands.
 pub fn refuses_service_account(issued: IssuedTo<'_>, current: Option<Account<'_>>) -> Option<Decision> {
-    let label = issued.email.map_or_else(|| format!("unique id {}", issued.unique_id), |e| format!("`{e}`"));
+    // Made only for a refusal: this runs on every request that carries a token.
+    let label = || issued.email.map_or_else(|| format!("unique id {}", issued.unique_id), |e| format!("`{e}`"));
     let Some(account) = current else {
+        let label = label();
         return Some(Decision::deny(
             Reason::PrincipalDeleted,
             vec![format!(
@@ -64,6 +66,7 @@ pub fn refuses_service_account(issued: IssuedTo<'_>, current: Option<Account<'_>
         ));
     }
     if issued.email.is_some_and(|e| !e.eq_ignore_ascii_case(account.email)) {
+        let label = label();
         return Some(Decision::deny(
             Reason::PrincipalDeleted,
             vec![format!(

@@ -56,6 +56,50 @@ fn a_token_differing_only_in_its_signature_is_refused_not_served_from_the_cache(
 }
 
 #[test]
+fn a_token_with_a_cached_tokens_signature_but_other_claims_misses_and_is_refused() {
+    // The index hashes only the signature segment; the whole token decides a hit.
+    let f = fixture();
+    let cache = VerifyCache::default();
+    let keys = f.keys.key_set();
+    let token = mint(&f, AUDIENCE);
+    cache.verify(&token, &keys, ISSUER, &audiences(), NOW, SKEW).unwrap();
+    let mut parts: Vec<String> = token.split('.').map(str::to_string).collect();
+    let claims = base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, &parts[1]).unwrap();
+    let mut claims: serde_json::Value = serde_json::from_slice(&claims).unwrap();
+    claims["sub"] = "999999999999999999999".into();
+    parts[1] = b64(&serde_json::to_vec(&claims).unwrap());
+    let tampered = parts.join(".");
+    for _ in 0..2 {
+        let r = cache.verify(&tampered, &keys, ISSUER, &audiences(), NOW, SKEW).unwrap_err();
+        assert_eq!(r.reason, Reason::TokenBadSignature);
+    }
+    let stats = cache.stats();
+    assert_eq!((stats.hits, stats.misses, stats.rsa_verifications), (0, 3, 3));
+    assert_eq!(stats.entries, 1, "the refused token did not take the cached token's place");
+    assert!(cache.verify(&token, &keys, ISSUER, &audiences(), NOW, SKEW).is_ok());
+    assert_eq!(cache.stats().hits, 1, "the cached token is still there");
+}
+
+#[test]
+fn a_checked_token_is_forwarded_without_its_signature_on_a_miss_and_a_hit() {
+    let f = fixture();
+    let cache = VerifyCache::default();
+    let keys = f.keys.key_set();
+    let token = mint(&f, AUDIENCE);
+    let (signing_input, signature) = token.rsplit_once('.').unwrap();
+    let expected = format!("Bearer {signing_input}.SIGNATURE_REMOVED_BY_GOOGLE");
+    let miss = cache.verify_forwarded(&token, &keys, ISSUER, &audiences(), NOW, SKEW).unwrap();
+    let hit = cache.verify_forwarded(&token, &keys, ISSUER, &audiences(), NOW, SKEW).unwrap();
+    for verified in [&miss, &hit] {
+        let forwarded = verified.forwarded.as_ref().unwrap().to_str().unwrap();
+        assert_eq!(forwarded, expected);
+        assert!(!forwarded.contains(signature));
+    }
+    assert_eq!(hit.claims, miss.claims);
+    assert_eq!(cache.stats().hits, 1);
+}
+
+#[test]
 fn a_cached_token_still_gets_its_claims_checked() {
     let f = fixture();
     let cache = VerifyCache::default();
