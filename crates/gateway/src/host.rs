@@ -37,6 +37,28 @@ pub(crate) fn requested_authority(uri: &Uri, headers: &HeaderMap) -> Result<Head
     Ok(first.clone())
 }
 
+/// The bytes a host name may hold (letters, digits, `-`, `.`, `_`), lowercased; 0 for any other.
+const NAME_BYTE: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        if c.is_ascii_alphanumeric() || c == b'-' || c == b'.' || c == b'_' {
+            table[b] = c.to_ascii_lowercase();
+        }
+        b += 1;
+    }
+    table
+};
+
+/// RFC 3986 allows an empty port; more than five digits is never a port.
+fn check_port(port: Option<&[u8]>) -> Result<(), BadHost> {
+    match port {
+        Some(port) if port.len() > 5 || !port.iter().all(u8::is_ascii_digit) => Err(BadHost::Invalid),
+        _ => Ok(()),
+    }
+}
+
 /// The host in the form routes are keyed by: lowercase, without port, without one trailing
 /// dot. Written into `buf` so that the request path does not allocate for it.
 pub(crate) fn normalise_host<'b>(raw: &[u8], buf: &'b mut [u8; MAX_HOST]) -> Result<&'b str, BadHost> {
@@ -54,24 +76,33 @@ pub(crate) fn normalise_host<'b>(raw: &[u8], buf: &'b mut [u8; MAX_HOST]) -> Res
         };
         (literal, port)
     } else {
-        let (name, port) = match raw.iter().position(|b| *b == b':') {
-            Some(colon) => {
-                let (name, rest) = raw.split_at(colon);
-                (name, Some(&rest[1..]))
+        // One pass over the name: each byte checked and lowercased through a table, straight
+        // into `buf` (a per-byte `all`, a search for the colon and a copy cost three passes).
+        let mut name_len = raw.len();
+        let mut port = None;
+        for (i, &b) in raw.iter().enumerate() {
+            let lower = NAME_BYTE[usize::from(b)];
+            if lower == 0 {
+                if b != b':' {
+                    return Err(BadHost::Invalid);
+                }
+                port = Some(&raw[i + 1..]);
+                name_len = i;
+                break;
             }
-            None => (raw, None),
-        };
-        if !name.iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_')) {
+            // Past the longest name a byte is only checked; the length decides below.
+            if let Some(slot) = buf.get_mut(i) {
+                *slot = lower;
+            }
+        }
+        let len = if raw[..name_len].ends_with(b".") { name_len - 1 } else { name_len };
+        check_port(port)?;
+        if len == 0 || len > MAX_HOST {
             return Err(BadHost::Invalid);
         }
-        (name.strip_suffix(b".").unwrap_or(name), port)
+        return std::str::from_utf8(&buf[..len]).map_err(|_| BadHost::Invalid);
     };
-    // RFC 3986 allows an empty port; more than five digits is never a port.
-    if let Some(port) = port
-        && (port.len() > 5 || !port.iter().all(u8::is_ascii_digit))
-    {
-        return Err(BadHost::Invalid);
-    }
+    check_port(port)?;
     if host.is_empty() || host.len() > MAX_HOST {
         return Err(BadHost::Invalid);
     }
@@ -134,6 +165,46 @@ mod tests {
         ];
         for raw in cases {
             assert_eq!(norm(raw), Err(BadHost::Invalid), "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn names_at_the_length_limit() {
+        let longest = "a".repeat(MAX_HOST);
+        assert_eq!(norm(&longest).as_deref(), Ok(longest.as_str()));
+        assert_eq!(norm(&format!("{longest}.")).as_deref(), Ok(longest.as_str()), "a trailing dot may stand past it");
+        assert_eq!(norm(&format!("{longest}.:80")).as_deref(), Ok(longest.as_str()));
+        assert_eq!(norm(&format!("{longest}a.")), Err(BadHost::Invalid));
+        assert_eq!(norm("caf\u{e9}.example.com"), Err(BadHost::Invalid), "bytes beyond ASCII are refused");
+    }
+
+    /// The single-pass name check agrees with the rules written out plainly.
+    fn plain_rules(raw: &[u8]) -> Result<String, BadHost> {
+        let (name, port) = match raw.iter().position(|b| *b == b':') {
+            Some(colon) => (&raw[..colon], Some(&raw[colon + 1..])),
+            None => (raw, None),
+        };
+        if !name.iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_')) {
+            return Err(BadHost::Invalid);
+        }
+        let name = name.strip_suffix(b".").unwrap_or(name);
+        if port.is_some_and(|p| p.len() > 5 || !p.iter().all(u8::is_ascii_digit)) {
+            return Err(BadHost::Invalid);
+        }
+        if name.is_empty() || name.len() > MAX_HOST {
+            return Err(BadHost::Invalid);
+        }
+        Ok(String::from_utf8(name.to_ascii_lowercase()).unwrap())
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_one_pass_check_keeps_the_rules(raw in proptest::collection::vec(
+            proptest::sample::select(b"aZ0-._:9 /@\xc3".to_vec()), 0..300)
+        ) {
+            let mut buf = [0u8; MAX_HOST];
+            let got = normalise_host(&raw, &mut buf).map(str::to_owned);
+            proptest::prop_assert_eq!(got, plain_rules(&raw));
         }
     }
 
