@@ -389,9 +389,8 @@ fn push_decimal(out: &mut String, mut n: u64) {
             break;
         }
     }
-    for &d in &digits[start..] {
-        out.push(char::from(d));
-    }
+    // ASCII digits: always UTF-8; pushed at once (a `push` per digit encodes each as a char).
+    out.push_str(std::str::from_utf8(&digits[start..]).unwrap_or_default());
 }
 
 /// `n` in decimal, zero-padded to at least `width` digits.
