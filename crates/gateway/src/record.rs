@@ -196,8 +196,8 @@ impl RequestRecord<'_> {
         out.extend_from_slice(b"\",\"requestSize\":\"");
         json_text(out, &h.request_size);
         out.extend_from_slice(b"\",\"status\":");
-        let mut status = [0u8; 5];
-        out.extend_from_slice(digits(&mut status, h.status));
+        let mut status = [0u8; 20];
+        out.extend_from_slice(decimal_digits(&mut status, u64::from(h.status)));
         out.extend_from_slice(b",\"responseSize\":\"");
         json_text(out, &h.response_size);
         out.extend_from_slice(b"\",\"userAgent\":\"");
@@ -209,19 +209,6 @@ impl RequestRecord<'_> {
         out.extend_from_slice(b"\",\"protocol\":\"");
         json_text(out, &h.protocol);
         out.extend_from_slice(b"\"}}\n");
-    }
-}
-
-/// `n` in decimal, in the end of `buf`.
-fn digits(buf: &mut [u8; 5], mut n: u16) -> &[u8] {
-    let mut start = buf.len();
-    loop {
-        start -= 1;
-        buf[start] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            return &buf[start..];
-        }
     }
 }
 
@@ -378,19 +365,23 @@ fn decimal(n: u64) -> String {
     out
 }
 
-fn push_decimal(out: &mut String, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut start = digits.len();
+fn push_decimal(out: &mut String, n: u64) {
+    let mut buf = [0u8; 20];
+    // ASCII digits: always UTF-8; pushed at once (a `push` per digit encodes each as a char).
+    out.push_str(std::str::from_utf8(decimal_digits(&mut buf, n)).unwrap_or_default());
+}
+
+/// `n` in decimal, written into the end of `buf` (20 digits hold any `u64`).
+fn decimal_digits(buf: &mut [u8; 20], mut n: u64) -> &[u8] {
+    let mut start = buf.len();
     loop {
         start -= 1;
-        digits[start] = b'0' + (n % 10) as u8;
+        buf[start] = b'0' + (n % 10) as u8;
         n /= 10;
         if n == 0 {
-            break;
+            return &buf[start..];
         }
     }
-    // ASCII digits: always UTF-8; pushed at once (a `push` per digit encodes each as a char).
-    out.push_str(std::str::from_utf8(&digits[start..]).unwrap_or_default());
 }
 
 /// `n` in decimal, zero-padded to at least `width` digits.
