@@ -295,18 +295,6 @@ impl ControlPlane {
     pub fn account_by_email(&self, email: &str) -> ApiResult<Option<runnel_model::service_account::ServiceAccount>> {
         self.read(|r| get(r, &crate::accounts::key(email)))
     }
-
-    /// The account with this email as it is now, if it exists and is enabled; else why not.
-    pub fn usable_account(
-        &self,
-        email: &str,
-    ) -> Result<runnel_model::service_account::ServiceAccount, runnel_policy::Reason> {
-        match self.read(|r| get::<runnel_model::service_account::ServiceAccount>(r, &crate::accounts::key(email))) {
-            Ok(Some(a)) if a.disabled => Err(runnel_policy::Reason::PrincipalDisabled),
-            Ok(Some(a)) => Ok(a),
-            _ => Err(runnel_policy::Reason::PrincipalDeleted),
-        }
-    }
 }
 
 impl ControlPlane {

@@ -816,7 +816,9 @@ impl MetadataChannel {
         use std::os::unix::fs::PermissionsExt;
         let rev = self.cp.revision(&key.region, &key.service, &key.revision).ok().flatten();
         let email = rev.map(|r| r.service_account).unwrap_or_default();
-        let unique_id = self.cp.usable_account(&email).map(|a| a.unique_id).unwrap_or_default();
+        // The account's unique id even if it is disabled now: enabled again, it gets tokens
+        // without a restart of the instance.
+        let unique_id = self.cp.account_by_email(&email).ok().flatten().map(|a| a.unique_id).unwrap_or_default();
         let project = self.cp.project();
         let info = runnel_identity::Instance {
             project_id: project.project_id.clone(),
@@ -830,7 +832,7 @@ impl MetadataChannel {
             extra_hosts: Vec::new(),
         };
         let cp = self.cp.clone();
-        let accounts = Arc::new(move |email: &str| cp.usable_account(email));
+        let accounts = Arc::new(move |email: &str| cp.account_by_email(email).ok().flatten());
         let router = runnel_identity::MetadataServer::new(info, self.minter.clone(), accounts).router();
         let path = channel_dir.join(runnel_runtime::sandbox::Channels::METADATA);
         let _ = std::fs::remove_file(&path);

@@ -44,18 +44,19 @@ pub const KNOWN_HOSTS: [&str; 3] = ["169.254.169.254", "metadata.google.internal
 const JSON: &str = "application/json";
 const TEXT: &str = "text/plain; charset=utf-8";
 
-/// Whether a service account may get tokens now. The daemon implements it over its store.
+/// The service accounts as they are now. The daemon implements it over its store; whether an
+/// account may get tokens is decided here, by [`runnel_policy::principal`].
 pub trait AccountSource: Send + Sync + 'static {
-    /// The account with this email as it is now, if it exists and is enabled; else why not:
-    /// [`Reason::PrincipalDisabled`] or [`Reason::PrincipalDeleted`].
-    fn lookup(&self, email: &str) -> Result<ServiceAccount, Reason>;
+    /// The account with this email as it is now, disabled or not; `None` when it does not
+    /// exist or the store cannot say (which refuses the token).
+    fn lookup(&self, email: &str) -> Option<ServiceAccount>;
 }
 
 impl<F> AccountSource for F
 where
-    F: Fn(&str) -> Result<ServiceAccount, Reason> + Send + Sync + 'static,
+    F: Fn(&str) -> Option<ServiceAccount> + Send + Sync + 'static,
 {
-    fn lookup(&self, email: &str) -> Result<ServiceAccount, Reason> {
+    fn lookup(&self, email: &str) -> Option<ServiceAccount> {
         self(email)
     }
 }
@@ -317,12 +318,17 @@ impl MetadataServer {
     /// The instance's account, if it may get tokens now.
     fn usable_account(&self) -> Result<&Account, Refused> {
         let account = &self.instance.service_account;
-        let reason = match self.accounts.lookup(&account.email) {
-            Ok(found) if found.disabled => Reason::PrincipalDisabled,
-            Ok(found) if found.unique_id != account.unique_id => Reason::PrincipalDeleted,
-            Ok(_) => return Ok(account),
-            Err(reason) => reason,
+        let found = self.accounts.lookup(&account.email);
+        let current = found.as_ref().map(|a| runnel_policy::principal::Account {
+            unique_id: &a.unique_id,
+            email: &a.email,
+            disabled: a.disabled,
+        });
+        let issued = runnel_policy::principal::IssuedTo { unique_id: &account.unique_id, email: Some(&account.email) };
+        let Some(refusal) = runnel_policy::principal::refuses_service_account(issued, current) else {
+            return Ok(account);
         };
+        let reason = refusal.reason;
         tracing::info!(email = %account.email, reason = %reason, "metadata server refused a token");
         let email = &account.email;
         Err(match reason {

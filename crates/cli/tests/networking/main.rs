@@ -467,6 +467,11 @@ fn the_guide_service_account_invoker_binding_and_id_tokens() {
     let r = invoke("id", None);
     assert_eq!(r["metadata_status"], 403, "{r}");
     assert!(r["body"].as_str().unwrap().contains("principal.disabled"), "{r}");
+
+    // Enabled again: the same instance gets tokens again and its calls go through, at once.
+    d.ok(&["iam", "service-accounts", "enable", "caller-sa@runnel-local.iam.gserviceaccount.com"]);
+    let r = invoke("id", None);
+    assert_eq!(r["status"], 200, "{r}");
 }
 
 #[test]

@@ -22,12 +22,11 @@ const V1: &str = "/computeMetadata/v1";
 
 /// What the daemon's store says about the account; tests change it.
 #[derive(Clone)]
-struct Store(Arc<Mutex<Result<ServiceAccount, Reason>>>);
+struct Store(Arc<Mutex<Option<ServiceAccount>>>);
 
 impl AccountSource for Store {
-    fn lookup(&self, email: &str) -> Result<ServiceAccount, Reason> {
-        let current = self.0.lock().unwrap().clone();
-        current.and_then(|sa| if sa.email == email { Ok(sa) } else { Err(Reason::PrincipalDeleted) })
+    fn lookup(&self, email: &str) -> Option<ServiceAccount> {
+        self.0.lock().unwrap().clone().filter(|sa| sa.email == email)
     }
 }
 
@@ -54,7 +53,7 @@ fn server() -> Server {
     let fixture = fixture();
     let keys = fixture.keys.clone();
     let minter = Arc::new(Minter::new(keys.clone(), ISSUER));
-    let store = Store(Arc::new(Mutex::new(Ok(stored_account()))));
+    let store = Store(Arc::new(Mutex::new(Some(stored_account()))));
     let clock = Arc::new(AtomicU64::new(NOW));
     let instance = Instance {
         project_id: "my-project".into(),
@@ -512,13 +511,10 @@ async fn a_disabled_account_gets_403_and_a_deleted_one_404() {
             a.body
         );
     }
-    // What the store reports, too.
-    *s.store.0.lock().unwrap() = Err(Reason::PrincipalDisabled);
-    assert_eq!(s.get(&identity).await.status, StatusCode::FORBIDDEN);
     // Static facts stay readable.
     assert_eq!(s.ok(&format!("{V1}/instance/service-accounts/default/email")).await.body, EMAIL);
 
-    *s.store.0.lock().unwrap() = Err(Reason::PrincipalDeleted);
+    *s.store.0.lock().unwrap() = None;
     for path in [&identity, &token] {
         let a = s.get(path).await;
         assert_eq!(a.status, StatusCode::NOT_FOUND, "{path}");
@@ -527,10 +523,10 @@ async fn a_disabled_account_gets_403_and_a_deleted_one_404() {
     // Deleted and re-created under the same email: another unique id, another principal.
     let mut recreated = stored_account();
     recreated.unique_id = "999999999999999999999".into();
-    *s.store.0.lock().unwrap() = Ok(recreated);
+    *s.store.0.lock().unwrap() = Some(recreated);
     assert_eq!(s.get(&identity).await.status, StatusCode::NOT_FOUND);
 
-    *s.store.0.lock().unwrap() = Ok(stored_account());
+    *s.store.0.lock().unwrap() = Some(stored_account());
     s.ok(&identity).await;
 }
 
