@@ -713,14 +713,8 @@ impl runnel_gateway::Invoker for InvokerGate {
         };
         let token = token.trim();
         let now = runnel_identity::unix_now();
-        let verified = match self.cache.verify_forwarded(
-            token,
-            &self.keys.key_set(),
-            &self.issuer,
-            &access.audiences,
-            now,
-            SKEW,
-        ) {
+        let verified = match self.cache.verify(token, &self.keys.key_set(), &self.issuer, &access.audiences, now, SKEW)
+        {
             Ok(v) => v,
             Err(refusal) => return deny(401, refusal.reason, vec![refusal.detail]),
         };

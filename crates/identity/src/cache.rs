@@ -47,7 +47,7 @@ pub struct CacheStats {
 pub const SIGNATURE_REMOVED: &str = "SIGNATURE_REMOVED_BY_GOOGLE";
 
 /// A token that passed every check.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Verified {
     pub claims: Arc<Claims>,
     /// The `Bearer …` header value the token is forwarded as once checked: its signature
@@ -181,21 +181,8 @@ impl VerifyCache {
     }
 
     /// The same verdict as [`crate::verify_id_token`], from the cache when this exact token was
-    /// verified before with a key still in `keys`.
+    /// verified before with a key still in `keys`; with the value the token is forwarded as.
     pub fn verify(
-        &self,
-        token: &str,
-        keys: &KeySet,
-        issuer: &str,
-        audiences: &[String],
-        now: u64,
-        skew: u64,
-    ) -> Result<Arc<Claims>, Refusal> {
-        self.verify_forwarded(token, keys, issuer, audiences, now, skew).map(|verified| verified.claims)
-    }
-
-    /// [`VerifyCache::verify`], with the value the token is forwarded as.
-    pub fn verify_forwarded(
         &self,
         token: &str,
         keys: &KeySet,
