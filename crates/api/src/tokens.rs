@@ -111,13 +111,9 @@ impl ControlPlane {
         let (decision, principal) = match holder {
             AccessTokenHolder::ServiceAccount { unique_id, email } => {
                 let account: Option<ServiceAccount> = self.read(|r| get(r, &crate::accounts::key(&email)))?;
-                let current = account.as_ref().map(|a| principal::Account {
-                    unique_id: &a.unique_id,
-                    email: &a.email,
-                    disabled: a.disabled,
-                });
                 let issued = principal::IssuedTo { unique_id: &unique_id, email: Some(&email) };
-                (principal::service_account(issued, current), Principal::ServiceAccount { email, unique_id })
+                let decision = principal::service_account(issued, account.as_ref().map(principal::Account::from));
+                (decision, Principal::ServiceAccount { email, unique_id })
             }
             AccessTokenHolder::User { email } => {
                 (principal::person(&email, self.person_has_credential(&email)?), Principal::User { email })

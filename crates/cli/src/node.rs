@@ -744,21 +744,15 @@ impl runnel_gateway::Invoker for InvokerGate {
         }
         // Tokens name their account by unique id; the account found under it must still be
         // that account, with the token's email, and enabled.
-        let account = self.state.account(&self.cp, &claims.sub);
-        let current = account.as_deref().map(|a| runnel_policy::principal::Account {
-            unique_id: &a.unique_id,
-            email: &a.email,
-            disabled: a.disabled,
-        });
-        let issued = runnel_policy::principal::IssuedTo { unique_id: &claims.sub, email: claims.email.as_deref() };
-        let refusal = runnel_policy::principal::refuses_service_account(issued, current);
-        let account = match (account, refusal) {
-            (Some(account), None) => account,
-            (_, refusal) => {
-                let refusal = refusal.unwrap_or_else(|| runnel_policy::principal::service_account(issued, None));
-                return deny(403, refusal.reason, refusal.trace);
-            }
+        use runnel_policy::principal;
+        let issued = principal::IssuedTo { unique_id: &claims.sub, email: claims.email.as_deref() };
+        let Some(account) = self.state.account(&self.cp, &claims.sub) else {
+            let refusal = principal::service_account(issued, None);
+            return deny(403, refusal.reason, refusal.trace);
         };
+        if let Some(refusal) = principal::refuses_service_account(issued, Some(principal::Account::from(&*account))) {
+            return deny(403, refusal.reason, refusal.trace);
+        }
         let principal =
             || Principal::ServiceAccount { email: account.email.clone(), unique_id: account.unique_id.clone() };
         if let Err(decision) = access.invoke((true, &account.unique_id), principal) {

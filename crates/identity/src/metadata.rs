@@ -28,6 +28,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use runnel_model::service_account::ServiceAccount;
 use runnel_policy::Reason;
+use runnel_policy::principal;
 use serde_json::{Map, Value, json};
 
 use crate::mint::{Account, ComputeEngine, DEFAULT_SCOPE, Format, Minter};
@@ -319,13 +320,9 @@ impl MetadataServer {
     fn usable_account(&self) -> Result<&Account, Refused> {
         let account = &self.instance.service_account;
         let found = self.accounts.lookup(&account.email);
-        let current = found.as_ref().map(|a| runnel_policy::principal::Account {
-            unique_id: &a.unique_id,
-            email: &a.email,
-            disabled: a.disabled,
-        });
-        let issued = runnel_policy::principal::IssuedTo { unique_id: &account.unique_id, email: Some(&account.email) };
-        let Some(refusal) = runnel_policy::principal::refuses_service_account(issued, current) else {
+        let issued = principal::IssuedTo { unique_id: &account.unique_id, email: Some(&account.email) };
+        let Some(refusal) = principal::refuses_service_account(issued, found.as_ref().map(principal::Account::from))
+        else {
             return Ok(account);
         };
         let reason = refusal.reason;

@@ -9,6 +9,8 @@
 //! the same email (a new unique id) all stop working at once, for credentials already issued
 //! too. A person's credentials stand as long as one of their runnel credentials does.
 
+use runnel_model::service_account::ServiceAccount;
+
 use crate::{Decision, Reason};
 
 /// A service account as the store has it now.
@@ -17,6 +19,12 @@ pub struct Account<'a> {
     pub unique_id: &'a str,
     pub email: &'a str,
     pub disabled: bool,
+}
+
+impl<'a> From<&'a ServiceAccount> for Account<'a> {
+    fn from(a: &'a ServiceAccount) -> Self {
+        Account { unique_id: &a.unique_id, email: &a.email, disabled: a.disabled }
+    }
 }
 
 /// The service account a credential was issued to, as the credential names it.
@@ -110,8 +118,7 @@ mod tests {
 
     const ID: &str = "112233445566778899001";
 
-    fn account(unique_id: &str, email: &str, disabled: bool) -> Option<Account<'static>> {
-        let (unique_id, email) = (unique_id.to_string().leak(), email.to_string().leak());
+    fn account(unique_id: &'static str, email: &'static str, disabled: bool) -> Option<Account<'static>> {
         Some(Account { unique_id, email, disabled })
     }
 
