@@ -96,23 +96,18 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 /// `Connection: keep-alive`), and a `remove` per candidate name, each hashing it, cost more
 /// than the rest of the rewriting.
 fn strip(headers: &mut HeaderMap, keep_upgrade: bool, also: &[&str]) {
-    // The names `Connection` lists, read once. `keep-alive`, nearly every message's only
-    // token, names a header that goes anyway and needs no lookup per header; tokens are matched
-    // case-insensitively, and one that names no header present matches nothing.
-    let mut named: [&[u8]; 4] = [&[]; 4];
-    let mut named_count = 0;
-    let mut named_more: Vec<&[u8]> = Vec::new();
-    for token in headers.get_all(CONNECTION).iter().flat_map(tokens) {
-        if token.eq_ignore_ascii_case(b"keep-alive") || (keep_upgrade && token.eq_ignore_ascii_case(b"upgrade")) {
-            continue;
-        }
-        match named.get_mut(named_count) {
-            Some(slot) => *slot = token,
-            None => named_more.push(token),
-        }
-        named_count += 1;
-    }
-    let named = named.iter().take(named_count).chain(named_more.iter());
+    let connection = headers.get_all(CONNECTION);
+    // `keep-alive`, nearly every message's only `Connection` token, names a header that goes
+    // anyway; only a message whose `Connection` lists something else needs its tokens matched
+    // against each header name (case-insensitively; one that names no header present matches
+    // nothing).
+    let skipped =
+        |t: &[u8]| t.eq_ignore_ascii_case(b"keep-alive") || (keep_upgrade && t.eq_ignore_ascii_case(b"upgrade"));
+    let lists_names = connection.iter().flat_map(tokens).any(|t| !skipped(t));
+    let named_by_connection = |name: &str| {
+        lists_names
+            && connection.iter().flat_map(tokens).any(|t| !skipped(t) && t.eq_ignore_ascii_case(name.as_bytes()))
+    };
     // Room for the usual few without allocating; more spill into `more`.
     let mut doomed: [Option<HeaderName>; 4] = [const { None }; 4];
     let mut count = 0;
@@ -120,7 +115,7 @@ fn strip(headers: &mut HeaderMap, keep_upgrade: bool, also: &[&str]) {
     for name in headers.keys() {
         let text = name.as_str();
         let hop = is_hop_by_hop(text) || (text == "upgrade" && !keep_upgrade) || also.contains(&text);
-        if hop || named.clone().any(|t| t.eq_ignore_ascii_case(text.as_bytes())) {
+        if hop || named_by_connection(text) {
             match doomed.get_mut(count) {
                 Some(slot) => *slot = Some(name.clone()),
                 None => more.push(name.clone()),
