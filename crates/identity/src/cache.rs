@@ -3,18 +3,15 @@
 //!
 //! Keyed by the whole token string: a token whose signature (or anything else) was changed is a
 //! different string, is never found here, and goes through the full check. The index hashes
-//! only the signature segment (a third of the token, and what makes honest tokens distinct);
-//! the whole string is still compared before an entry is used, so a token that shares a
-//! cached token's signature but not its header or claims misses, and is refused by the full
-//! check like any forgery.
+//! only the token's last [`HASHED_TAIL`] characters, the end of its signature: 192 bits of an
+//! RSA signature, which differ between any two tokens runnel signed, for a tenth of the hashing
+//! of the whole token (this runs on every request that carries a token). The whole string is
+//! still compared before an entry is used, so a token that shares a cached token's signature
+//! but not its header or claims misses, and is refused by the full check like any forgery.
 //!
-//! More precisely the index hashes the last [`HASHED_TAIL`] characters of the token, which are
-//! the end of its signature: 192 bits of an RSA signature, which differ between any two tokens
-//! runnel signed, for a tenth of the hashing of the whole segment (this runs on every request
-//! that carries a token). An entry remembers
-//! the claims and the fingerprint of the key that verified them; a hit still checks that this key
-//! is published in the caller's key set, and runs the claim checks (issuer, time, audience) with
-//! the caller's arguments, which are cheap. Entries leave when they expire or, when a shard is
+//! An entry remembers the claims and the fingerprint of the key that verified them; a hit still
+//! checks that this key is published in the caller's key set, and runs the claim checks
+//! (issuer, time, audience) with the caller's arguments, which are cheap. Entries leave when they expire or, when a shard is
 //! full, by CLOCK (second chance): an approximation of LRU that needs no list surgery on a hit.
 //!
 //! Sharded by the token's hash so that requests on different cores rarely share a lock.

@@ -316,8 +316,8 @@ impl Shared {
         if batches.is_empty() {
             return;
         }
-        let written = batches.into_iter().map(|batch| self.write_pending(batch)).collect();
-        self.give_back(written);
+        let done = batches.into_iter().map(|batch| self.write_pending(batch)).collect();
+        self.give_back(done);
     }
 
     /// Every file's pending lines, with its handle; each file's spare buffer takes their place.

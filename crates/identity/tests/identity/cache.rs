@@ -57,7 +57,7 @@ fn a_token_differing_only_in_its_signature_is_refused_not_served_from_the_cache(
 
 #[test]
 fn a_token_with_a_cached_tokens_signature_but_other_claims_misses_and_is_refused() {
-    // The index hashes only the signature segment; the whole token decides a hit.
+    // The index hashes only the end of the signature; the whole token decides a hit.
     let f = fixture();
     let cache = VerifyCache::default();
     let keys = f.keys.key_set();
