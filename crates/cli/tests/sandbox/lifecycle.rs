@@ -41,9 +41,11 @@ fn sigterm_to_stage_1_reaches_the_workload() {
 }
 
 /// The grandchild leaves the workload's session and process group, as a daemonizing program
-/// does; only the end of the PID namespace can take it down.
+/// does; only the end of the PID namespace can take it down. `ready` waits for the grandchild
+/// itself: the pattern names the marker, which only the grandchild's command line holds
+/// expanded (the workload's own holds this script, whose text says "grandchild" too).
 const DAEMONIZE: &str = r#"setsid sh -c 'sleep 1000; :' "$1-grandchild" </dev/null >/dev/null 2>&1 &
-until grep -qs "grandchil[d]" /proc/[0-9]*/cmdline; do sleep 0.02; done
+until grep -qs -- "$1-grandchil[d]" /proc/[0-9]*/cmdline; do sleep 0.02; done
 echo ready"#;
 
 #[test]
