@@ -5,9 +5,9 @@
 //! when the client goes away). It also carries the request deadline: a streaming response
 //! (server-sent events, a long download) is cut when the request timeout runs out, as on Cloud
 //! Run, where the timeout covers the whole request and not only the wait for the head. An
-//! upstream body also holds the connection it came on, and gives it back to the instance's
-//! idle stack when it has ended cleanly, before the slot is released; a body cut or abandoned
-//! drops it, and hyper closes that connection.
+//! upstream body owns the connection it came on (`h1.rs`), and gives it back to the instance's
+//! idle stack when its exchange has ended cleanly, before the slot is released; a body cut or
+//! abandoned drops it, which closes that connection.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -19,15 +19,18 @@ use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::time::{Instant, Sleep};
 
+use crate::h1;
 use crate::record::Exchange;
-use crate::upstream::Pooled;
+use crate::upstream::Home;
 
 /// Why a response stream was cut; hyper then aborts the client connection, which is how
 /// HTTP/1.1 tells a client that a response is incomplete.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum BodyError {
     #[error("the instance's response body failed")]
-    Upstream(#[source] hyper::Error),
+    Upstream(#[source] h1::Error),
+    #[error("the internal endpoint's response body failed")]
+    Passthrough(#[source] hyper::Error),
     #[error("the request timeout ran out while the response was streaming")]
     Deadline,
 }
@@ -35,7 +38,8 @@ pub(crate) enum BodyError {
 enum Kind {
     Empty,
     Page(Option<Bytes>),
-    Upstream(Incoming),
+    Upstream(h1::Body<RequestBody>),
+    Passthrough(Incoming),
 }
 
 pub(crate) struct ResponseBody {
@@ -46,23 +50,13 @@ pub(crate) struct ResponseBody {
     timer: Option<Pin<Box<Sleep>>>,
     sent: u64,
     exchange: Option<Exchange>,
-    /// The upstream connection, until the body ends.
-    connection: Option<Pooled>,
-    /// The upstream body reported its end.
-    ended: bool,
+    /// Where the upstream connection goes back to when the body has ended cleanly.
+    home: Option<Home>,
 }
 
 impl ResponseBody {
     pub(crate) fn empty() -> ResponseBody {
-        ResponseBody {
-            kind: Kind::Empty,
-            deadline: None,
-            timer: None,
-            sent: 0,
-            exchange: None,
-            connection: None,
-            ended: false,
-        }
+        ResponseBody { kind: Kind::Empty, deadline: None, timer: None, sent: 0, exchange: None, home: None }
     }
 
     pub(crate) fn page(body: &'static str, exchange: Option<Exchange>) -> ResponseBody {
@@ -72,8 +66,7 @@ impl ResponseBody {
             timer: None,
             sent: 0,
             exchange,
-            connection: None,
-            ended: false,
+            home: None,
         }
     }
 
@@ -85,8 +78,7 @@ impl ResponseBody {
             timer: None,
             sent: 0,
             exchange: None,
-            connection: None,
-            ended: false,
+            home: None,
         }
     }
 
@@ -98,45 +90,39 @@ impl ResponseBody {
             timer: None,
             sent: 0,
             exchange: Some(exchange),
-            connection: None,
-            ended: false,
+            home: None,
         }
     }
 
     /// A body passed through untouched (an internal endpoint's answer through the egress proxy).
     pub(crate) fn passthrough(body: Incoming) -> ResponseBody {
-        ResponseBody {
-            kind: Kind::Upstream(body),
-            deadline: None,
-            timer: None,
-            sent: 0,
-            exchange: None,
-            connection: None,
-            ended: false,
-        }
+        ResponseBody { kind: Kind::Passthrough(body), deadline: None, timer: None, sent: 0, exchange: None, home: None }
     }
 
-    pub(crate) fn upstream(body: Incoming, deadline: Instant, exchange: Exchange, connection: Pooled) -> ResponseBody {
+    pub(crate) fn upstream(
+        body: h1::Body<RequestBody>,
+        deadline: Instant,
+        exchange: Exchange,
+        home: Home,
+    ) -> ResponseBody {
         ResponseBody {
             kind: Kind::Upstream(body),
             deadline: Some(deadline),
             timer: None,
             sent: 0,
             exchange: Some(exchange),
-            connection: Some(connection),
-            ended: false,
+            home: Some(home),
         }
     }
 
     fn finish(&mut self) {
         self.timer = None;
-        if let Some(connection) = self.connection.take() {
-            // hyper does not poll a body that is empty from the start (a HEAD response, a 204),
-            // so an end it never reported counts too.
-            let ended = self.ended || matches!(&self.kind, Kind::Upstream(body) if body.is_end_stream());
-            if ended {
-                connection.give_back();
-            }
+        // The body knows whether its exchange ended cleanly, including a body hyper never
+        // polled because it was empty from the start (a HEAD response, a 204).
+        if let (Some(home), Kind::Upstream(body)) = (self.home.take(), &mut self.kind)
+            && let Some(conn) = body.take_reusable()
+        {
+            home.give_back(conn);
         }
         if let Some(exchange) = self.exchange.take() {
             exchange.finish(0, self.sent);
@@ -145,7 +131,7 @@ impl ResponseBody {
 
     fn cut(&mut self) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         // The response is incomplete: its connection must not serve another request.
-        self.connection = None;
+        self.home = None;
         tracing::debug!(
             request_id = self.exchange.as_ref().map(|e| e.id.as_str()),
             "request timeout reached while streaming the response; cutting it"
@@ -164,7 +150,8 @@ impl Body for ResponseBody {
         let polled = match &mut this.kind {
             Kind::Empty => Poll::Ready(None),
             Kind::Page(page) => Poll::Ready(page.take().map(|b| Ok(Frame::data(b)))),
-            Kind::Upstream(body) => Pin::new(body).poll_frame(cx),
+            Kind::Upstream(body) => Pin::new(body).poll_frame(cx).map_err(BodyError::Upstream),
+            Kind::Passthrough(body) => Pin::new(body).poll_frame(cx).map_err(BodyError::Passthrough),
         };
         match polled {
             Poll::Ready(Some(Ok(frame))) => {
@@ -181,11 +168,11 @@ impl Body for ResponseBody {
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {
+                this.home = None;
                 this.finish();
-                Poll::Ready(Some(Err(BodyError::Upstream(e))))
+                Poll::Ready(Some(Err(e)))
             }
             Poll::Ready(None) => {
-                this.ended = true;
                 this.finish();
                 Poll::Ready(None)
             }
@@ -202,6 +189,7 @@ impl Body for ResponseBody {
             Kind::Empty => true,
             Kind::Page(page) => page.is_none(),
             Kind::Upstream(body) => body.is_end_stream(),
+            Kind::Passthrough(body) => body.is_end_stream(),
         }
     }
 
@@ -210,6 +198,7 @@ impl Body for ResponseBody {
             Kind::Empty | Kind::Page(None) => SizeHint::with_exact(0),
             Kind::Page(Some(page)) => SizeHint::with_exact(page.len() as u64),
             Kind::Upstream(body) => body.size_hint(),
+            Kind::Passthrough(body) => body.size_hint(),
         }
     }
 }

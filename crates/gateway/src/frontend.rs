@@ -16,18 +16,17 @@ use std::time::{Duration, Instant};
 
 use hyper::body::Incoming;
 use hyper::header::{ALLOW, CONNECTION, CONTENT_TYPE, HeaderValue, REFERRER_POLICY};
-use hyper::http::uri::PathAndQuery;
-use hyper::http::{Extensions, Uri};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper::{Method, Request, Response, StatusCode, Version};
+use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::timeout_at;
 
-use crate::body::{ClientBodyError, RequestBody, ResponseBody};
+use crate::body::{RequestBody, ResponseBody};
 use crate::contract::{RequestLog, Router, Unavailable};
 use crate::deadline::{Slot, Watch, WatchTimer, Watcher, until};
 use crate::headers::{self, Peer, X_RUNNEL_REQUEST_ID};
@@ -36,10 +35,11 @@ use runnel_policy::ingress;
 use runnel_policy::origin::Origin;
 
 use crate::contract::{InvokerCheck, Refusal};
+use crate::h1;
 use crate::io::ClientIo;
 use crate::pages::{self, Page};
 use crate::record::{Exchange, RequestId};
-use crate::upstream::{Instances, PoolConfig, SendError};
+use crate::upstream::{InstanceStream, Instances, PoolConfig, SendError};
 
 /// Tuning of the frontend; the defaults suit a single machine.
 #[derive(Debug, Clone)]
@@ -293,33 +293,26 @@ impl Frontend {
         let websocket = headers::wants_websocket(req.method(), req.version(), req.headers());
         let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
-        // Only the path and query travel from the client's target (origin form, as hyper writes
-        // the target it is given); the instance was chosen by the lease.
-        parts.uri = Uri::from(parts.uri.path_and_query().cloned().unwrap_or(PathAndQuery::from_static("/")));
-        // The instance connection is HTTP/1.1 whatever the client spoke, so it can be reused.
-        parts.version = Version::HTTP_11;
-        parts.extensions = Extensions::new();
         headers::prepare_request(&mut parts.headers, authority, peer, &id_header, websocket);
         let (body, read) = RequestBody::new(body);
         exchange.request_body = read;
+        // Only the path and query travel from the client's target (origin form), and the
+        // instance connection is HTTP/1.1 whatever the client spoke, so it can be reused.
+        let request = h1::Request::new(&parts, body);
 
-        let (response, connection) = match until(
-            deadline,
-            peer.watch(),
-            Slot::Request,
-            self.instances.send(&instance, Request::from_parts(parts, body)),
-        )
-        .await
-        {
-            Ok(Ok(sent)) => sent,
-            Ok(Err(e)) => return self.upstream_failed(exchange, &id_header, &e),
-            Err(_) => return self.timed_out(exchange, &id_header, "waiting for the response head"),
-        };
+        let (parts, body, home) =
+            match until(deadline, peer.watch(), Slot::Request, self.instances.send(&instance, request)).await {
+                Ok(Ok(sent)) => sent,
+                Ok(Err(e)) => return self.upstream_failed(exchange, &id_header, &e),
+                Err(_) => return self.timed_out(exchange, &id_header, "waiting for the response head"),
+            };
 
-        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-            return match client_upgrade {
-                Some(client_upgrade) => tunnel(exchange, &id_header, client_upgrade, response, deadline, connection),
-                None => {
+        if parts.status == StatusCode::SWITCHING_PROTOCOLS {
+            return match (client_upgrade, body.into_upgrade()) {
+                (Some(client_upgrade), Some(instance)) => {
+                    tunnel(exchange, &id_header, client_upgrade, parts, instance, deadline)
+                }
+                _ => {
                     tracing::warn!(
                         request_id = id.as_str(),
                         instance = exchange.instance(),
@@ -329,11 +322,11 @@ impl Frontend {
                 }
             };
         }
-        let (mut parts, body) = response.into_parts();
+        let mut parts = parts;
         headers::prepare_response(&mut parts.headers, &id_header, false);
         exchange.status = parts.status.as_u16();
         exchange.response_head = response_head_size(&parts.status, &parts.headers);
-        Response::from_parts(parts, ResponseBody::upstream(body, deadline, exchange, connection))
+        Response::from_parts(parts, ResponseBody::upstream(body, deadline, exchange, home))
     }
 
     fn timed_out(&self, exchange: Exchange, id: &HeaderValue, waiting_for: &str) -> Response<ResponseBody> {
@@ -351,12 +344,10 @@ impl Frontend {
     /// broke its own body is 400, anything else after the connection was made is the
     /// instance's fault, 502.
     fn upstream_failed(&self, exchange: Exchange, id: &HeaderValue, e: &SendError) -> Response<ResponseBody> {
-        let page = if matches!(e, SendError::Connect(_)) {
-            pages::NOT_LISTENING
-        } else if caused_by::<ClientBodyError>(e) {
-            pages::BODY_UNREADABLE
-        } else {
-            pages::CLOSED_EARLY
+        let page = match e {
+            SendError::Connect(_) => pages::NOT_LISTENING,
+            SendError::Exchange(h1::Error::ClientBody(_)) => pages::BODY_UNREADABLE,
+            SendError::Exchange(_) => pages::CLOSED_EARLY,
         };
         tracing::warn!(
             request_id = exchange.id.as_str(),
@@ -368,17 +359,6 @@ impl Frontend {
         );
         page_response(page, id, Some(exchange))
     }
-}
-
-fn caused_by<T: std::error::Error + 'static>(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        if c.is::<T>() {
-            return true;
-        }
-        cause = c.source();
-    }
-    false
 }
 
 /// Displays an error with its causes, which hyper's errors need to say anything useful.
@@ -424,31 +404,28 @@ fn page_response(page: Page, id: &HeaderValue, exchange: Option<Exchange>) -> Re
     response
 }
 
-/// Completes a WebSocket upgrade: the client gets the instance's 101, and once both sides have
-/// switched, bytes are copied both ways until either side closes or the request deadline
-/// passes. The slot is held by the tunnel task until then.
+/// Completes a WebSocket upgrade: the client gets the instance's 101, and once the client's
+/// side has switched, bytes are copied both ways (first those the instance sent right after its
+/// 101) until either side closes or the request deadline passes. The slot is held by the tunnel
+/// task until then.
 fn tunnel(
     mut exchange: Exchange,
     id: &HeaderValue,
     client: hyper::upgrade::OnUpgrade,
-    mut response: Response<Incoming>,
+    mut parts: hyper::http::response::Parts,
+    (mut instance, early): (InstanceStream, bytes::Bytes),
     deadline: tokio::time::Instant,
-    connection: crate::upstream::Pooled,
 ) -> Response<ResponseBody> {
-    let instance = hyper::upgrade::on(&mut response);
-    let (mut parts, _) = response.into_parts();
     headers::prepare_response(&mut parts.headers, id, true);
     exchange.status = parts.status.as_u16();
     exchange.response_head = response_head_size(&parts.status, &parts.headers);
     tokio::spawn(async move {
         let mut copied = (0, 0);
         let outcome = timeout_at(deadline, async {
-            let (client, instance) = tokio::try_join!(client, instance)?;
-            // The connection is the tunnel's now; its sender is of no further use (it is
-            // never given back).
-            drop(connection);
-            let (mut client, mut instance) = (TokioIo::new(client), TokioIo::new(instance));
+            let mut client = TokioIo::new(client.await?);
+            client.write_all(&early).await?;
             copied = tokio::io::copy_bidirectional(&mut client, &mut instance).await?;
+            copied.1 += early.len() as u64;
             Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
         })
         .await;

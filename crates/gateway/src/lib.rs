@@ -21,6 +21,7 @@ mod contract;
 mod deadline;
 mod egress;
 mod frontend;
+mod h1;
 mod headers;
 mod host;
 mod io;

@@ -2,17 +2,17 @@
 //!
 //! Every request is forwarded on one connection to the instance its lease names. Connections
 //! are kept per instance (by its id and channel directory, so a reused id with a new channel
-//! directory never gets its predecessor's connections) as a LIFO stack of idle hyper
-//! `SendRequest`s: a request takes the most recently used idle one, or opens a new one through
-//! the instance's `port.sock`; the response body hands it back when it has ended cleanly
-//! (`body.rs`). This replaces hyper-util's pooled client, whose generic pool (authority keys,
-//! SipHash map, a spawned task per response to wait for the connection to be ready again) cost
-//! about a tenth of the frontend's instructions per request.
+//! directory never gets its predecessor's connections) as a LIFO stack of idle connections
+//! (`h1.rs`): a request takes the most recently used one that is still open, or opens a new one
+//! through the instance's `port.sock`; the response body hands it back when its exchange has
+//! ended cleanly (`body.rs`). This replaced hyper-util's pooled client, whose generic pool
+//! (authority keys, SipHash map, a spawned task per response to wait for the connection to be
+//! ready again) cost about a tenth of the frontend's instructions per request.
 //!
-//! A connection handed back is usually ready at once (hyper marks it ready in the same poll
-//! that ends the response body); one that is not yet ready is skipped, and one that is closed
-//! is dropped, when a request looks for an idle connection. Idle connections older than the
-//! idle timeout are dropped by a reaper task, as are instances unused for [`FORGET_AFTER`].
+//! An idle connection the instance has closed is dropped when a request finds it, or by a
+//! reaper task that also drops connections idle past the idle timeout and instances unused for
+//! [`FORGET_AFTER`]. A close that arrives as the request is sent is not an error the client
+//! sees when the request can safely be sent again (`h1::Failed`), as hyper-util retried it.
 //! The map is read on every request and written only when an instance is first seen, so it
 //! sits behind a `RwLock`; each instance's stack has its own `Mutex`, held for a push or a pop.
 
@@ -27,19 +27,16 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use hyper::body::Incoming;
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper::rt::{Read, ReadBufCursor, Write};
-use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
+use bytes::BytesMut;
 use rustix::net::{
     AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, SocketType, recvmsg,
 };
-use tokio::io::Interest;
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 
 use crate::body::RequestBody;
 use crate::contract::Lease;
+use crate::h1::{self, Conn};
 
 /// The socket in an instance's channel directory that leads to its workload's port.
 const PORT_SOCKET: &str = "port.sock";
@@ -69,7 +66,7 @@ pub(crate) struct PoolConfig {
 
 /// An idle connection and when it became idle.
 struct Idle {
-    sender: SendRequest<RequestBody>,
+    conn: Conn,
     since: Instant,
 }
 
@@ -94,43 +91,31 @@ impl Known {
         self.channel_dir.as_os_str() == channel_dir.as_os_str()
     }
 
-    /// The most recently used idle connection that can take a request now. Closed ones are
-    /// dropped; ones that are not ready yet (still finishing their last exchange) stay.
-    fn take_idle(&self) -> Option<SendRequest<RequestBody>> {
-        let mut idle = self.idle();
-        let mut i = idle.len();
-        while i > 0 {
-            i -= 1;
-            if idle[i].sender.is_ready() {
-                // Almost always the last one, which makes this a pop.
-                return Some(idle.remove(i).sender);
-            }
-            if idle[i].sender.is_closed() {
-                idle.remove(i);
+    /// The most recently used idle connection that is still open; closed ones are dropped.
+    /// The check runs outside the lock: it may be a system call.
+    fn take_idle(&self) -> Option<Conn> {
+        loop {
+            let idle = self.idle().pop()?;
+            if idle.conn.is_open() {
+                return Some(idle.conn);
             }
         }
-        None
     }
 }
 
-/// A connection lent to one request; [`Pooled::give_back`] returns it to its instance's stack.
-pub(crate) struct Pooled {
-    sender: SendRequest<RequestBody>,
-    home: Arc<Known>,
+/// Where a connection lent to one request goes back to: its instance's stack.
+pub(crate) struct Home {
+    known: Arc<Known>,
     max_idle: usize,
 }
 
-impl Pooled {
-    /// Returns the connection for the next request, unless it is closed or the stack is full.
-    /// Call only once the response has ended cleanly: a connection whose response was
-    /// abandoned is closed by hyper and must not be reused.
-    pub(crate) fn give_back(self) {
-        if self.sender.is_closed() {
-            return;
-        }
-        let mut idle = self.home.idle();
+impl Home {
+    /// Returns a connection for the next request, unless the stack is full. Only a connection
+    /// whose exchange ended cleanly comes here ([`h1::Body::take_reusable`]).
+    pub(crate) fn give_back(self, conn: Conn) {
+        let mut idle = self.known.idle();
         if idle.len() < self.max_idle {
-            idle.push(Idle { sender: self.sender, since: Instant::now() });
+            idle.push(Idle { conn, since: Instant::now() });
         }
     }
 }
@@ -140,15 +125,15 @@ impl Pooled {
 pub(crate) enum SendError {
     /// No connection could be opened: nothing listens, or the instance is gone.
     Connect(io::Error),
-    /// The connection failed after the request was handed to it.
-    Http(hyper::Error),
+    /// The exchange failed after the request was handed to a connection.
+    Exchange(h1::Error),
 }
 
 impl std::fmt::Display for SendError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             SendError::Connect(_) => f.write_str("could not connect to the instance"),
-            SendError::Http(_) => f.write_str("the instance's connection failed"),
+            SendError::Exchange(_) => f.write_str("the instance's connection failed"),
         }
     }
 }
@@ -157,29 +142,25 @@ impl std::error::Error for SendError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             SendError::Connect(e) => Some(e),
-            SendError::Http(e) => Some(e),
+            SendError::Exchange(e) => Some(e),
         }
     }
 }
+
+/// A response head from an instance, its body, and where its connection goes back to.
+pub(crate) type Sent = (hyper::http::response::Parts, h1::Body<RequestBody>, Home);
 
 /// The instances the frontend has been given leases on, with their idle connections.
 pub(crate) struct Instances {
     known: RwLock<HashMap<String, Arc<Known>>>,
     epoch: Instant,
     config: PoolConfig,
-    http: http1::Builder,
     reaper: AtomicBool,
 }
 
 impl Instances {
     pub(crate) fn new(config: PoolConfig) -> Instances {
-        Instances {
-            known: RwLock::default(),
-            epoch: Instant::now(),
-            config,
-            http: http1::Builder::new(),
-            reaper: AtomicBool::new(false),
-        }
+        Instances { known: RwLock::default(), epoch: Instant::now(), config, reaper: AtomicBool::new(false) }
     }
 
     /// The lease's instance, registering it if it is new or its channel directory changed
@@ -223,47 +204,49 @@ impl Instances {
         self.known.write().unwrap_or_else(PoisonError::into_inner).remove(instance);
     }
 
-    /// Sends `req` to the instance on an idle connection, or on a new one. A request that an
-    /// idle connection gave back unsent (it closed just before) is tried on the next one, as
-    /// hyper-util's client retried it; a new connection's failure is final.
+    /// Sends `request` to the instance on an idle connection, or on a new one. A request that
+    /// found an idle connection closed by the instance (nothing came back) is sent again on the
+    /// next one when it is safe to ([`h1::Failed`]); a new connection's failure is final. When
+    /// no new connection can be opened after such a failure, the instance most likely died
+    /// with the request, and that first failure is the answer (502, not 503).
     pub(crate) async fn send(
         self: &Arc<Self>,
-        home: &Arc<Known>,
-        mut req: Request<RequestBody>,
-    ) -> Result<(Response<Incoming>, Pooled), SendError> {
-        while let Some(mut sender) = home.take_idle() {
-            match sender.try_send_request(req).await {
-                Ok(response) => return Ok((response, self.lend(sender, home))),
-                Err(mut e) => match e.take_message() {
-                    Some(unsent) => req = unsent,
-                    None => return Err(SendError::Http(e.into_error())),
+        known: &Arc<Known>,
+        mut request: h1::Request<RequestBody>,
+    ) -> Result<Sent, SendError> {
+        let mut lost = None;
+        while let Some(conn) = known.take_idle() {
+            match h1::exchange(conn, request, true).await {
+                Ok((parts, body)) => return Ok((parts, body, self.home(known))),
+                Err(failed) => match failed.replay {
+                    Some(again) => {
+                        tracing::debug!(error = %failed.error, "an idle connection to the instance failed; sending again");
+                        lost = Some(failed.error);
+                        request = again;
+                    }
+                    None => return Err(SendError::Exchange(failed.error)),
                 },
             }
         }
-        let io = match tokio::time::timeout(self.config.connect_timeout, connect_port(&home.channel_dir)).await {
-            Ok(io) => io.map_err(SendError::Connect)?,
-            Err(_) => {
-                return Err(SendError::Connect(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "the instance's port channel did not answer",
-                )));
-            }
+        let connected = match tokio::time::timeout(self.config.connect_timeout, connect_port(&known.channel_dir)).await
+        {
+            Ok(connected) => connected,
+            Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "the instance's port channel did not answer")),
         };
-        let (mut sender, connection) = self.http.handshake(io).await.map_err(SendError::Http)?;
-        // The connection runs as its own task until every sender for it is gone or either side
-        // closes it; `with_upgrades` lets a WebSocket response take the socket over.
-        tokio::spawn(async move {
-            if let Err(e) = connection.with_upgrades().await {
-                tracing::debug!(error = %e, "connection to an instance ended with an error");
-            }
-        });
+        let io = match (connected, lost) {
+            (Ok(io), _) => io,
+            (Err(_), Some(lost)) => return Err(SendError::Exchange(lost)),
+            (Err(e), None) => return Err(SendError::Connect(e)),
+        };
         self.start_reaper();
-        let response = sender.send_request(req).await.map_err(SendError::Http)?;
-        Ok((response, self.lend(sender, home)))
+        match h1::exchange(Conn::new(io), request, false).await {
+            Ok((parts, body)) => Ok((parts, body, self.home(known))),
+            Err(failed) => Err(SendError::Exchange(failed.error)),
+        }
     }
 
-    fn lend(&self, sender: SendRequest<RequestBody>, home: &Arc<Known>) -> Pooled {
-        Pooled { sender, home: home.clone(), max_idle: self.config.max_idle }
+    fn home(&self, known: &Arc<Known>) -> Home {
+        Home { known: known.clone(), max_idle: self.config.max_idle }
     }
 
     /// Starts, once, the task that drops idle connections past the idle timeout and instances
@@ -289,10 +272,8 @@ impl Instances {
         let idle_timeout = self.config.idle_timeout;
         let mut map = self.known.write().unwrap_or_else(PoisonError::into_inner);
         map.retain(|_, known| {
-            // Closed connections go too; the rest are ordered oldest first.
-            known
-                .idle()
-                .retain(|idle| !idle.sender.is_closed() && now.saturating_duration_since(idle.since) < idle_timeout);
+            // Closed connections go too.
+            known.idle().retain(|idle| now.saturating_duration_since(idle.since) < idle_timeout && idle.conn.is_open());
             tick.saturating_sub(known.last_used.load(Ordering::Relaxed)) < FORGET_AFTER.as_secs()
         });
     }
@@ -321,9 +302,9 @@ async fn connect_port(channel_dir: &Path) -> io::Result<InstanceStream> {
             let socket = TcpStream::from_std(socket)?;
             // Responses are small and whole; Nagle would only delay them.
             let _ = socket.set_nodelay(true);
-            Ok(InstanceStream::Tcp(TokioIo::new(socket)))
+            Ok(InstanceStream::Tcp(socket))
         }
-        Answer::Relayed => Ok(InstanceStream::Channel(TokioIo::new(channel))),
+        Answer::Relayed => Ok(InstanceStream::Channel(channel)),
         Answer::Refused => {
             Err(io::Error::new(io::ErrorKind::ConnectionRefused, "nothing listens on the instance's port"))
         }
@@ -391,12 +372,35 @@ fn untrusted(what: &'static str) -> io::Error {
 
 /// A connection to a workload: its own TCP socket, or a channel that relays its stream.
 pub(crate) enum InstanceStream {
-    Tcp(TokioIo<TcpStream>),
-    Channel(TokioIo<UnixStream>),
+    Tcp(TcpStream),
+    Channel(UnixStream),
 }
 
-impl Read for InstanceStream {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: ReadBufCursor<'_>) -> Poll<io::Result<()>> {
+impl InstanceStream {
+    pub(crate) fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self {
+            InstanceStream::Tcp(s) => s.poll_read_ready(cx),
+            InstanceStream::Channel(s) => s.poll_read_ready(cx),
+        }
+    }
+
+    pub(crate) fn try_read_buf(&self, buf: &mut BytesMut) -> io::Result<usize> {
+        match self {
+            InstanceStream::Tcp(s) => s.try_read_buf(buf),
+            InstanceStream::Channel(s) => s.try_read_buf(buf),
+        }
+    }
+
+    pub(crate) fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            InstanceStream::Tcp(s) => s.try_read(buf),
+            InstanceStream::Channel(s) => s.try_read(buf),
+        }
+    }
+}
+
+impl AsyncRead for InstanceStream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             InstanceStream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
             InstanceStream::Channel(s) => Pin::new(s).poll_read(cx, buf),
@@ -404,7 +408,7 @@ impl Read for InstanceStream {
     }
 }
 
-impl Write for InstanceStream {
+impl AsyncWrite for InstanceStream {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             InstanceStream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
