@@ -293,12 +293,12 @@ impl Frontend {
         let websocket = headers::wants_websocket(req.method(), req.version(), req.headers());
         let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
-        headers::prepare_request(&mut parts.headers, authority, peer, &id_header, websocket);
+        let forwarding = headers::prepare_request(&mut parts.headers, &authority, peer, &id_header, websocket);
         let (body, read) = RequestBody::new(body);
         exchange.request_body = read;
         // Only the path and query travel from the client's target (origin form), and the
         // instance connection is HTTP/1.1 whatever the client spoke, so it can be reused.
-        let request = h1::Request::new(&parts, body);
+        let request = h1::Request::new(&parts, forwarding.fields(), body);
 
         let (parts, body, home) =
             match until(deadline, peer.watch(), Slot::Request, self.instances.send(&instance, request)).await {

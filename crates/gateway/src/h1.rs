@@ -117,27 +117,36 @@ where
     B: HttpBody<Data = Bytes> + Unpin,
     B::Error: Into<BoxError>,
 {
-    /// Encodes the head: the target in origin form, the headers as given (already rewritten for
-    /// the instance; `Content-Length` excepted), and the framing the body calls for. A body of
-    /// known size gets `Content-Length`, any other `Transfer-Encoding: chunked`; an empty body
-    /// gets `Content-Length: 0` where a body is expected or the client sent one.
-    pub(crate) fn new(parts: &request::Parts, body: B) -> Request<B> {
+    /// Encodes the head: the target in origin form, first the `added` fields (lowercase names,
+    /// values already valid), then the headers as given (already rewritten for the instance;
+    /// `Content-Length` excepted), and the framing the body calls for. A body of known size gets
+    /// `Content-Length`, any other `Transfer-Encoding: chunked`; an empty body gets
+    /// `Content-Length: 0` where a body is expected or the client sent one.
+    ///
+    /// `added` is how the frontend's own headers (`headers::Forwarding`) reach the instance:
+    /// written here, they cost no `HeaderMap` insertion.
+    pub(crate) fn new<'n, 'v, F>(parts: &request::Parts, added: F, body: B) -> Request<B>
+    where
+        F: IntoIterator<Item = (&'n str, &'v [u8])>,
+        F::IntoIter: Clone,
+    {
         let method = &parts.method;
         let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        let fields: usize = parts.headers.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
+        let added = added.into_iter();
+        let fields: usize = parts.headers.iter().map(|(n, v)| field_size(n.as_str(), v.as_bytes())).sum::<usize>()
+            + added.clone().map(|(n, v)| field_size(n, v)).sum::<usize>();
         let mut head = BytesMut::with_capacity(method.as_str().len() + target.len() + fields + 64);
         head.put_slice(method.as_str().as_bytes());
         head.put_u8(b' ');
         head.put_slice(target.as_bytes());
         head.put_slice(b" HTTP/1.1\r\n");
+        for (name, value) in added {
+            put_field(&mut head, name, value);
+        }
         for (name, value) in &parts.headers {
-            if name == CONTENT_LENGTH {
-                continue;
+            if name != CONTENT_LENGTH {
+                put_field(&mut head, name.as_str(), value.as_bytes());
             }
-            head.put_slice(name.as_str().as_bytes());
-            head.put_slice(b": ");
-            head.put_slice(value.as_bytes());
-            head.put_slice(b"\r\n");
         }
         let bodiless = body.is_end_stream();
         let mut chunked = false;
@@ -167,6 +176,18 @@ where
             head_method: *method == Method::HEAD,
         }
     }
+}
+
+/// The bytes `name: value\r\n` takes in a head.
+fn field_size(name: &str, value: &[u8]) -> usize {
+    name.len() + value.len() + 4
+}
+
+fn put_field(head: &mut BytesMut, name: &str, value: &[u8]) {
+    head.put_slice(name.as_bytes());
+    head.put_slice(b": ");
+    head.put_slice(value);
+    head.put_slice(b"\r\n");
 }
 
 /// An exchange that failed, with the request back when it may be sent again: the connection
@@ -806,7 +827,7 @@ mod tests {
             peer.write_all(response).await.unwrap();
             peer
         });
-        let request = Request::new(&parts(method, "/"), Empty::<Bytes>::new());
+        let request = Request::new(&parts(method, "/"), [], Empty::<Bytes>::new());
         let Ok((parts, body)) = exchange(conn, request, false).await else { panic!("the exchange failed") };
         let (data, reusable) = drain(body).await;
         drop(instance.await.unwrap());
@@ -815,28 +836,28 @@ mod tests {
 
     #[test]
     fn a_request_head_carries_the_framing_its_body_needs() {
-        let get = Request::new(&parts("GET", "/a/b?c=d"), Empty::<Bytes>::new());
+        let get = Request::new(&parts("GET", "/a/b?c=d"), [], Empty::<Bytes>::new());
         assert_eq!(head_text(&get), "GET /a/b?c=d HTTP/1.1\r\nhost: hello.run.internal\r\n\r\n");
         assert!(get.replayable && get.body.is_none());
 
-        let post = Request::new(&parts("POST", "/"), Empty::<Bytes>::new());
+        let post = Request::new(&parts("POST", "/"), [], Empty::<Bytes>::new());
         assert!(head_text(&post).ends_with("content-length: 0\r\n\r\n"));
         assert!(!post.replayable);
 
         // The client's Content-Length is replaced by the size the body has.
         let mut with_length = parts("PUT", "/");
         with_length.headers.insert(CONTENT_LENGTH, HeaderValue::from_static("999"));
-        let put = Request::new(&with_length, Full::new(Bytes::from_static(b"hello")));
+        let put = Request::new(&with_length, [], Full::new(Bytes::from_static(b"hello")));
         let text = head_text(&put);
         assert!(text.contains("content-length: 5\r\n") && !text.contains("999"), "{text}");
         assert!(!put.replayable, "a request with a body is never sent twice");
 
         let (_tx, body) = fed();
-        let chunked = Request::new(&parts("POST", "/upload"), body);
+        let chunked = Request::new(&parts("POST", "/upload"), [], body);
         assert!(head_text(&chunked).ends_with("transfer-encoding: chunked\r\n\r\n"));
         assert!(chunked.chunked);
 
-        let head = Request::new(&parts("HEAD", "*"), Empty::<Bytes>::new());
+        let head = Request::new(&parts("HEAD", "*"), [], Empty::<Bytes>::new());
         assert!(head_text(&head).starts_with("HEAD * HTTP/1.1\r\n"));
         assert!(head.head_method);
     }
@@ -845,7 +866,7 @@ mod tests {
     async fn a_chunked_request_body_is_framed_and_terminated() {
         let (conn, mut peer) = pair();
         let (tx, body) = fed();
-        let request = Request::new(&parts("POST", "/"), body);
+        let request = Request::new(&parts("POST", "/"), [], body);
         let instance = tokio::spawn(async move {
             let seen = read_until(&mut peer, b"\r\n0\r\n\r\n").await;
             peer.write_all(b"HTTP/1.1 204 No Content\r\n\r\n").await.unwrap();
@@ -901,7 +922,7 @@ mod tests {
             peer.write_all(b"HTTP/1.1 200 OK\r\n\r\nuntil ").await.unwrap();
             peer.write_all(b"the end").await.unwrap();
         });
-        let request = Request::new(&parts("GET", "/"), Empty::<Bytes>::new());
+        let request = Request::new(&parts("GET", "/"), [], Empty::<Bytes>::new());
         let Ok((_, body)) = exchange(conn, request, false).await else { panic!("the exchange failed") };
         instance.await.unwrap();
         let (data, reusable) = drain(body).await;
@@ -930,7 +951,7 @@ mod tests {
                 peer.write_all(response).await.unwrap();
                 // The instance's end closes here, mid-body.
             });
-            let request = Request::new(&parts("GET", "/"), Empty::<Bytes>::new());
+            let request = Request::new(&parts("GET", "/"), [], Empty::<Bytes>::new());
             let Ok((_, body)) = exchange(conn, request, false).await else { panic!("the exchange failed") };
             instance.await.unwrap();
             let (data, reusable) = drain(body).await;
@@ -954,7 +975,7 @@ mod tests {
                 peer.write_all(response).await.unwrap();
                 peer
             });
-            let request = Request::new(&parts("GET", "/"), Empty::<Bytes>::new());
+            let request = Request::new(&parts("GET", "/"), [], Empty::<Bytes>::new());
             let Err(failed) = exchange(conn, request, true).await else { panic!("{says}: accepted") };
             assert!(failed.error.to_string().contains(says), "{says}: {}", failed.error);
             assert!(failed.replay.is_none(), "{says}: a response came, so the request is not sent again");
@@ -984,7 +1005,7 @@ mod tests {
                 }
             }
         });
-        let request = Request::new(&parts("GET", "/"), Empty::<Bytes>::new());
+        let request = Request::new(&parts("GET", "/"), [], Empty::<Bytes>::new());
         let Err(failed) = exchange(conn, request, false).await else { panic!("an endless head was accepted") };
         assert!(failed.error.to_string().contains("larger than 64 KiB"), "{}", failed.error);
         instance.await.unwrap();
@@ -997,17 +1018,29 @@ mod tests {
         {
             let (conn, peer) = pair();
             drop(peer);
-            let request = Request::new(&parts(method, "/"), Empty::<Bytes>::new());
+            let request = Request::new(&parts(method, "/"), [], Empty::<Bytes>::new());
             let Err(failed) = exchange(conn, request, reused).await else { panic!("a closed connection answered") };
             assert_eq!(failed.replay.is_some(), replayed, "{method}, reused: {reused}: {}", failed.error);
         }
     }
 
     #[tokio::test]
+    async fn added_fields_follow_the_request_line_and_go_again_with_a_replay() {
+        let request = Request::new(&parts("GET", "/"), [("x-added", b"1".as_slice())], Empty::<Bytes>::new());
+        let sent = head_text(&request);
+        assert_eq!(sent, "GET / HTTP/1.1\r\nx-added: 1\r\nhost: hello.run.internal\r\n\r\n");
+        let (conn, peer) = pair();
+        drop(peer);
+        let Err(failed) = exchange(conn, request, true).await else { panic!("a closed connection answered") };
+        let replay = failed.replay.expect("a GET on a reused connection is sent again");
+        assert_eq!(head_text(&replay), sent);
+    }
+
+    #[tokio::test]
     async fn an_instance_may_answer_before_reading_the_upload() {
         let (conn, mut peer) = pair();
         let (tx, body) = fed();
-        let request = Request::new(&parts("POST", "/upload"), body);
+        let request = Request::new(&parts("POST", "/upload"), [], body);
         let instance = tokio::spawn(async move {
             read_until(&mut peer, b"\r\n\r\n").await;
             peer.write_all(b"HTTP/1.1 413 Content Too Large\r\ncontent-length: 4\r\n\r\nbig!").await.unwrap();
@@ -1026,7 +1059,7 @@ mod tests {
     async fn a_failing_client_body_is_the_clients_fault() {
         let (conn, mut peer) = pair();
         let (tx, body) = fed();
-        let request = Request::new(&parts("POST", "/"), body);
+        let request = Request::new(&parts("POST", "/"), [], body);
         let _instance = tokio::spawn(async move {
             read_until(&mut peer, b"\r\n\r\n").await;
             peer
@@ -1046,7 +1079,7 @@ mod tests {
             peer.read_exact(&mut buf).await.unwrap();
             buf
         });
-        let request = Request::new(&parts("GET", "/ws"), Empty::<Bytes>::new());
+        let request = Request::new(&parts("GET", "/ws"), [], Empty::<Bytes>::new());
         let Ok((parts, body)) = exchange(conn, request, false).await else { panic!("the exchange failed") };
         assert_eq!(parts.status, StatusCode::SWITCHING_PROTOCOLS);
         let (mut stream, early) = body.into_upgrade().expect("a 101 hands over its connection");

@@ -1,24 +1,25 @@
 //! The header rewriting the frontend does between a client and an instance.
 //!
 //! Hop-by-hop headers (RFC 9110 §7.6.1) describe one connection and must not travel over the
-//! next one; the frontend owns both connections, so it removes them both ways and lets hyper
-//! frame each side itself. Headers that claim who the client is (`X-Forwarded-For`,
-//! `Forwarded`, `X-Real-IP`) are written by the frontend from the connection it accepted, never
-//! passed on from the client, so a workload can trust them. Pure functions, no I/O.
+//! next one; the frontend owns both connections, so it removes them both ways and frames each
+//! side itself. Headers that claim who the client is (`X-Forwarded-For`, `Forwarded`,
+//! `X-Real-IP`) or which request this is (`X-Request-Id`) are written by the frontend from the
+//! connection it accepted, never passed on from the client, so a workload can trust them.
+//!
+//! The client's copies of the frontend's own request headers are removed from the map, and the
+//! frontend's values ([`Forwarding`]) go straight into the encoded request head (`h1.rs`)
+//! instead of into the map: inserting them cost more than the rest of the rewriting. Pure
+//! functions, no I/O.
 
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use hyper::Method;
 use hyper::Version;
-use hyper::header::{CONNECTION, FORWARDED, HOST, HeaderMap, HeaderName, HeaderValue, UPGRADE};
+use hyper::header::{CONNECTION, HeaderMap, HeaderName, HeaderValue, UPGRADE};
 
 use crate::deadline::Watch;
 
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-/// The request id as the instance sees it.
-pub(crate) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// The request id as the client sees it, to quote when asking about a request.
 pub(crate) const X_RUNNEL_REQUEST_ID: HeaderName = HeaderName::from_static("x-runnel-request-id");
 
@@ -39,13 +40,27 @@ fn is_hop_by_hop(name: &str) -> bool {
     )
 }
 
-/// Request headers the instance never gets: `Proxy`, which no HTTP/1.1 client needs and
-/// attackers set so that CGI-style workloads read it as `HTTP_PROXY` ("httpoxy"); `Expect`,
-/// already answered; `X-Real-IP`, a claim only the frontend may make.
-const NOT_FORWARDED: [&str; 3] = ["proxy", "expect", "x-real-ip"];
+/// Request headers the instance never gets from the client, as lowercase names: `Proxy`, which
+/// no HTTP/1.1 client needs and attackers set so that CGI-style workloads read it as
+/// `HTTP_PROXY` ("httpoxy"); `Expect`, already answered; `X-Real-IP`, a claim only the frontend
+/// may make; and every header the frontend writes itself ([`Forwarding::fields`]), so that a
+/// client's copy is never sent alongside the frontend's.
+fn not_forwarded(name: &str) -> bool {
+    matches!(
+        name,
+        "proxy"
+            | "expect"
+            | "x-real-ip"
+            | "host"
+            | "x-forwarded-for"
+            | "x-forwarded-proto"
+            | "forwarded"
+            | "x-request-id"
+    )
+}
 
 /// The client's address in the forms the forwarding headers need; built once per connection
-/// so that requests only clone it.
+/// so that requests only copy its bytes into their heads.
 pub(crate) struct Peer {
     forwarded_for: HeaderValue,
     forwarded: HeaderValue,
@@ -88,14 +103,14 @@ fn value(text: String) -> HeaderValue {
 /// Removes the headers that belong to one connection: `Connection` and every header it names,
 /// and the fixed hop-by-hop set. `Upgrade` stays only for an upgrade being forwarded.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    strip(headers, keep_upgrade, &[]);
+    strip(headers, keep_upgrade, |_| false);
 }
 
-/// [`strip_hop_by_hop`], also removing `also`. One pass over the names present decides what
-/// goes, and only those are removed: most messages carry none of them (or only
+/// [`strip_hop_by_hop`], also removing the names `also` picks. One pass over the names present
+/// decides what goes, and only those are removed: most messages carry none of them (or only
 /// `Connection: keep-alive`), and a `remove` per candidate name, each hashing it, cost more
 /// than the rest of the rewriting.
-fn strip(headers: &mut HeaderMap, keep_upgrade: bool, also: &[&str]) {
+fn strip(headers: &mut HeaderMap, keep_upgrade: bool, also: impl Fn(&str) -> bool) {
     let connection = headers.get_all(CONNECTION);
     // `keep-alive`, nearly every message's only `Connection` token, names a header that goes
     // anyway; only a message whose `Connection` lists something else needs its tokens matched
@@ -114,7 +129,7 @@ fn strip(headers: &mut HeaderMap, keep_upgrade: bool, also: &[&str]) {
     let mut more = Vec::new();
     for name in headers.keys() {
         let text = name.as_str();
-        let hop = is_hop_by_hop(text) || (text == "upgrade" && !keep_upgrade) || also.contains(&text);
+        let hop = is_hop_by_hop(text) || (text == "upgrade" && !keep_upgrade) || also(text);
         if hop || named_by_connection(text) {
             match doomed.get_mut(count) {
                 Some(slot) => *slot = Some(name.clone()),
@@ -145,27 +160,49 @@ pub(crate) fn wants_websocket(method: &Method, version: Version, headers: &Heade
         && has_token(headers, CONNECTION, b"upgrade")
 }
 
-/// Rewrites a client's request headers for the instance.
+/// The request headers the frontend writes itself, for the encoder to add to the client's
+/// (`h1::Request::new`).
+pub(crate) struct Forwarding<'a> {
+    host: &'a HeaderValue,
+    peer: &'a Peer,
+    request_id: &'a HeaderValue,
+    websocket: bool,
+}
+
+impl<'a> Forwarding<'a> {
+    /// The fields as lowercase names and values. `Host` comes first, where RFC 9112 §3.2 has
+    /// clients put it (and where the client's own, now removed, usually was). Every name here
+    /// is one [`prepare_request`] removes from the client's headers, so none is ever sent twice.
+    pub(crate) fn fields(&self) -> impl Iterator<Item = (&'static str, &'a [u8])> + Clone {
+        // The client's `Connection` went with the other hop-by-hop headers; an upgrade being
+        // forwarded needs one of its own.
+        let upgrade = self.websocket.then_some(("connection", b"upgrade".as_slice()));
+        let peer = self.peer;
+        [("host", self.host.as_bytes())].into_iter().chain(upgrade).chain([
+            ("x-forwarded-for", peer.forwarded_for.as_bytes()),
+            ("x-forwarded-proto", b"http".as_slice()),
+            ("forwarded", peer.forwarded.as_bytes()),
+            ("x-request-id", self.request_id.as_bytes()),
+        ])
+    }
+}
+
+/// Rewrites a client's request headers for the instance, returning the headers the frontend
+/// adds to them: `host`, the authority asked for, the client's address from `peer`,
+/// `request_id`, and for a `websocket` upgrade `Connection: upgrade`.
 ///
 /// `Expect` is dropped because the frontend already answered `100-continue` to the client
 /// (hyper does when the body is first read); the instance gets the body without waiting.
 /// Other client headers (`Authorization`, `traceparent`, cookies, …) pass untouched.
-pub(crate) fn prepare_request(
+pub(crate) fn prepare_request<'a>(
     headers: &mut HeaderMap,
-    host: HeaderValue,
-    peer: &Peer,
-    request_id: &HeaderValue,
+    host: &'a HeaderValue,
+    peer: &'a Peer,
+    request_id: &'a HeaderValue,
     websocket: bool,
-) {
-    strip(headers, websocket, &NOT_FORWARDED);
-    if websocket {
-        headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
-    }
-    headers.insert(HOST, host);
-    headers.insert(X_FORWARDED_FOR, peer.forwarded_for.clone());
-    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
-    headers.insert(FORWARDED, peer.forwarded.clone());
-    headers.insert(X_REQUEST_ID, request_id.clone());
+) -> Forwarding<'a> {
+    strip(headers, websocket, not_forwarded);
+    Forwarding { host, peer, request_id, websocket }
 }
 
 /// Rewrites an instance's response headers for the client.
@@ -186,7 +223,14 @@ pub(crate) fn head_size(start_line: usize, headers: &HeaderMap) -> u64 {
 
 #[cfg(test)]
 mod tests {
+    use bytes::Bytes;
+    use http_body_util::Empty;
+    use tokio::io::AsyncReadExt;
+    use tokio::net::UnixStream;
+
     use super::*;
+    use crate::h1;
+    use crate::upstream::InstanceStream;
 
     fn map(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
         let mut headers = HeaderMap::new();
@@ -243,30 +287,74 @@ mod tests {
         assert!(!wants_websocket(&Method::GET, Version::HTTP_11, &unannounced));
     }
 
-    #[test]
-    fn client_claims_about_itself_are_replaced() {
-        let mut headers = map(&[
-            ("host", "svc.example.com"),
-            ("x-forwarded-for", "10.0.0.1"),
-            ("x-forwarded-for", "10.0.0.2"),
-            ("x-forwarded-proto", "https"),
-            ("forwarded", "for=10.0.0.1"),
-            ("x-real-ip", "10.0.0.1"),
-            ("x-request-id", "mine"),
-            ("proxy", "http://evil.example.com"),
-            ("expect", "100-continue"),
-            ("authorization", "Bearer t"),
-        ]);
+    /// The request head an instance receives for a client's `GET /` from 192.0.2.7 carrying
+    /// `client`'s headers, forwarded to `authority` (read off the socket, as the instance would).
+    async fn received(client: &[(&'static str, &'static str)], authority: &'static str, websocket: bool) -> String {
+        let (mut parts, ()) = hyper::Request::get("/").body(()).unwrap().into_parts();
+        parts.headers = map(client);
         let peer = Peer::new("::ffff:192.0.2.7".parse().unwrap());
-        let id = HeaderValue::from_static("0123");
-        prepare_request(&mut headers, HeaderValue::from_static("svc.example.com"), &peer, &id, false);
-        assert_eq!(headers.get_all("x-forwarded-for").iter().collect::<Vec<_>>(), ["192.0.2.7"]);
-        assert_eq!(headers["x-forwarded-proto"], "http");
-        assert_eq!(headers["forwarded"], "for=192.0.2.7;proto=http");
-        assert_eq!(headers["x-request-id"], "0123");
-        assert_eq!(headers["authorization"], "Bearer t");
-        for gone in ["x-real-ip", "proxy", "expect"] {
-            assert!(!headers.contains_key(gone), "{gone}");
+        let (host, id) = (HeaderValue::from_static(authority), HeaderValue::from_static("0123"));
+        let forwarding = prepare_request(&mut parts.headers, &host, &peer, &id, websocket);
+        let request = h1::Request::new(&parts, forwarding.fields(), Empty::<Bytes>::new());
+        let (ours, mut theirs) = UnixStream::pair().unwrap();
+        let instance = tokio::spawn(async move {
+            let mut seen = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !seen.ends_with(b"\r\n\r\n") {
+                let n = theirs.read(&mut buf).await.unwrap();
+                assert!(n > 0, "the head ended early: {:?}", String::from_utf8_lossy(&seen));
+                seen.extend_from_slice(&buf[..n]);
+            }
+            // Dropping this end without answering ends the exchange.
+            seen
+        });
+        let answered = h1::exchange(h1::Conn::new(InstanceStream::Channel(ours)), request, false).await;
+        assert!(answered.is_err(), "an instance that closed without answering cannot have answered");
+        String::from_utf8(instance.await.unwrap()).unwrap()
+    }
+
+    /// The values of every `name` field in `head`, in order.
+    fn values<'h>(head: &'h str, name: &str) -> Vec<&'h str> {
+        head.split("\r\n")
+            .skip(1)
+            .filter_map(|line| line.split_once(": "))
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn client_claims_about_itself_are_replaced() {
+        let head = received(
+            &[
+                ("host", "client.example.com"),
+                ("host", "second.example.com"),
+                ("x-forwarded-for", "6.6.6.6"),
+                ("x-forwarded-for", "10.0.0.2"),
+                ("x-forwarded-proto", "https"),
+                ("forwarded", "for=6.6.6.6"),
+                ("x-real-ip", "6.6.6.6"),
+                ("x-request-id", "mine"),
+                ("proxy", "http://evil.example.com"),
+                ("expect", "100-continue"),
+                ("authorization", "Bearer t"),
+            ],
+            "svc.example.com",
+            false,
+        )
+        .await;
+        assert!(head.starts_with("GET / HTTP/1.1\r\nhost: svc.example.com\r\n"), "{head}");
+        assert_eq!(values(&head, "host"), ["svc.example.com"], "{head}");
+        assert_eq!(values(&head, "x-forwarded-for"), ["192.0.2.7"], "{head}");
+        assert_eq!(values(&head, "x-forwarded-proto"), ["http"], "{head}");
+        assert_eq!(values(&head, "forwarded"), ["for=192.0.2.7;proto=http"], "{head}");
+        assert_eq!(values(&head, "x-request-id"), ["0123"], "{head}");
+        assert_eq!(values(&head, "authorization"), ["Bearer t"], "{head}");
+        for gone in ["client.example.com", "second.example.com", "6.6.6.6", "10.0.0.2", "https", "mine"] {
+            assert!(!head.contains(gone), "{gone}: {head}");
+        }
+        for gone in ["x-real-ip", "proxy", "expect", "connection", "upgrade"] {
+            assert!(values(&head, gone).is_empty(), "{gone}: {head}");
         }
     }
 
@@ -277,15 +365,47 @@ mod tests {
         assert_eq!(peer.forwarded_for, "2001:db8::1");
     }
 
+    #[tokio::test]
+    async fn a_client_cannot_use_connection_to_remove_what_the_frontend_sets() {
+        let client = [
+            ("connection", "host, x-forwarded-for, x-request-id, authorization"),
+            ("host", "svc.example.com"),
+            ("authorization", "Bearer t"),
+        ];
+        let head = received(&client, "svc.example.com", false).await;
+        assert_eq!(values(&head, "host"), ["svc.example.com"], "{head}");
+        assert_eq!(values(&head, "x-forwarded-for"), ["192.0.2.7"], "{head}");
+        assert_eq!(values(&head, "x-request-id"), ["0123"], "{head}");
+        // What `Connection` names of the client's own headers still goes.
+        assert!(values(&head, "authorization").is_empty(), "{head}");
+        assert!(values(&head, "connection").is_empty(), "{head}");
+    }
+
+    #[tokio::test]
+    async fn a_websocket_upgrade_is_asked_of_the_instance_once() {
+        let client = [
+            ("host", "svc.example.com"),
+            ("connection", "keep-alive, Upgrade"),
+            ("upgrade", "websocket"),
+            ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+        ];
+        let head = received(&client, "svc.example.com", true).await;
+        assert_eq!(values(&head, "connection"), ["upgrade"], "{head}");
+        assert_eq!(values(&head, "upgrade"), ["websocket"], "{head}");
+        assert_eq!(values(&head, "sec-websocket-key"), ["dGhlIHNhbXBsZSBub25jZQ=="], "{head}");
+        assert_eq!(values(&head, "host"), ["svc.example.com"], "{head}");
+    }
+
     #[test]
-    fn a_client_cannot_use_connection_to_remove_what_the_frontend_sets() {
-        let mut headers = map(&[("connection", "host, x-forwarded-for, x-request-id"), ("host", "svc.example.com")]);
+    fn every_header_the_frontend_writes_is_one_it_removes_from_the_client() {
         let peer = Peer::new("192.0.2.7".parse().unwrap());
-        let id = HeaderValue::from_static("0123");
-        prepare_request(&mut headers, HeaderValue::from_static("svc.example.com"), &peer, &id, false);
-        assert_eq!(headers["host"], "svc.example.com");
-        assert_eq!(headers["x-forwarded-for"], "192.0.2.7");
-        assert_eq!(headers["x-request-id"], "0123");
+        let value = HeaderValue::from_static("v");
+        let forwarding = Forwarding { host: &value, peer: &peer, request_id: &value, websocket: true };
+        let names: Vec<&str> = forwarding.fields().map(|(name, _)| name).collect();
+        assert_eq!(names.len(), 6, "{names:?}");
+        for name in names {
+            assert!(not_forwarded(name) || is_hop_by_hop(name), "the client's `{name}` would be sent alongside");
+        }
     }
 
     #[test]
