@@ -81,23 +81,24 @@ impl Conn {
     /// that then finds the connection closed is replayed when that is safe ([`Failed`]).
     pub(crate) fn is_open(&self) -> bool {
         let mut byte = [0u8; 1];
-        // Without readiness this costs no system call; with it, one read that must block.
+        // Without readiness this costs no system call; with it (the instance sent something or
+        // closed since the last read), one read that must block.
         matches!(self.io.try_read(&mut byte), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
     }
 
     /// Reads what the instance has sent into the buffer; `Ok(0)` is the end of the stream.
+    ///
+    /// Through `AsyncRead`, which forgets the socket's readiness after a read shorter than the
+    /// buffer (the socket is drained), so that the idle check before the connection's next use
+    /// ([`Conn::is_open`]) costs no system call unless epoll has reported something since: a
+    /// `read` that could only say EAGAIN was one system call in every request. A close that
+    /// epoll has not reported yet is caught like any close of an idle connection (upstream.rs
+    /// sends a replayable request again).
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<Result<usize, Error>> {
         if self.read.capacity() - self.read.len() < READ_SPARE {
             self.read.reserve(READ_SIZE);
         }
-        loop {
-            ready!(self.io.poll_read_ready(cx)).map_err(Error::Io)?;
-            match self.io.try_read_buf(&mut self.read) {
-                Ok(n) => return Poll::Ready(Ok(n)),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Poll::Ready(Err(Error::Io(e))),
-            }
-        }
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.read).map_err(Error::Io)
     }
 }
 
@@ -751,6 +752,8 @@ where
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use http_body_util::{BodyExt, Empty, Full};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::UnixStream;
@@ -1100,6 +1103,34 @@ mod tests {
         peer.write_all(b"HTTP/1.1 200 OK\r\n").await.unwrap();
         tokio::task::yield_now().await;
         assert!(!conn.is_open(), "bytes on an idle connection mean it is out of step");
+    }
+
+    /// After an exchange the socket's readiness is forgotten (the last read drained it), so
+    /// the idle check is free; a close or stray bytes that come later must still be seen.
+    #[tokio::test]
+    async fn a_connection_that_served_a_response_still_notices_a_later_close_or_stray_bytes() {
+        for stray in [false, true] {
+            let (conn, mut peer) = pair();
+            let request = Request::new(&parts("GET", "/"), [], Empty::<Bytes>::new());
+            let instance = tokio::spawn(async move {
+                read_until(&mut peer, b"\r\n\r\n").await;
+                peer.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await.unwrap();
+                peer
+            });
+            let Ok((_, mut body)) = exchange(conn, request, false).await else { panic!("the exchange failed") };
+            while body.frame().await.is_some() {}
+            let conn = body.take_reusable().expect("a whole response leaves the connection reusable");
+            let mut peer = instance.await.unwrap();
+            assert!(conn.is_open(), "nothing happened since the response");
+            if stray {
+                peer.write_all(b"HTTP/1.1 200 OK\r\n").await.unwrap();
+            } else {
+                drop(peer);
+            }
+            // The runtime learns of it from epoll when the task yields.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            assert!(!conn.is_open(), "stray bytes: {stray}");
+        }
     }
 
     fn head(text: &[u8]) -> Head {

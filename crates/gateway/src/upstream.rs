@@ -27,7 +27,6 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
 use rustix::net::{
     AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, SocketType, recvmsg,
 };
@@ -377,20 +376,8 @@ pub(crate) enum InstanceStream {
 }
 
 impl InstanceStream {
-    pub(crate) fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self {
-            InstanceStream::Tcp(s) => s.poll_read_ready(cx),
-            InstanceStream::Channel(s) => s.poll_read_ready(cx),
-        }
-    }
-
-    pub(crate) fn try_read_buf(&self, buf: &mut BytesMut) -> io::Result<usize> {
-        match self {
-            InstanceStream::Tcp(s) => s.try_read_buf(buf),
-            InstanceStream::Channel(s) => s.try_read_buf(buf),
-        }
-    }
-
+    /// A read that never waits: `WouldBlock` at once, without a system call, while epoll has
+    /// reported nothing since the last read drained the socket.
     pub(crate) fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
             InstanceStream::Tcp(s) => s.try_read(buf),
