@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use runnel_api::{ControlPlane, Desired, Outcome};
 use runnel_gateway::{Backend, Lease, LeaseFuture, RequestLog, RequestRecord, Route, Router, Unavailable};
+use runnel_model::name_map::{NameMap, NameSet};
 use runnel_model::service::{DEFAULT_MAX_INSTANCES, Revision, parse_duration_seconds};
 use runnel_runtime::launch::{Launch, RevisionKey};
 use runnel_runtime::logs::{Kind, LogStore};
@@ -23,7 +24,9 @@ use tokio::sync::{mpsc, watch};
 /// The frontend's view: host → route, swapped whole on every change.
 #[derive(Default)]
 pub struct Routes {
-    table: RwLock<Arc<HashMap<String, Arc<Route>>>>,
+    /// By service host; `NameMap`: the hosts are deployed services', a client's `Host` is only
+    /// looked up.
+    table: RwLock<Arc<NameMap<String, Arc<Route>>>>,
 }
 
 impl Router for Routes {
@@ -179,7 +182,7 @@ impl Node {
             }
         }
         if let Ok(mut t) = self.routes.table.write() {
-            *t = Arc::new(HashMap::new());
+            *t = Arc::new(NameMap::default());
         }
         let stops: Vec<_> = pools.into_values().map(|p| tokio::spawn(async move { p.stop().await })).collect();
         for s in stops {
@@ -216,7 +219,7 @@ impl Node {
         services: &mut HashSet<(String, String)>,
     ) {
         let mut want: HashMap<RevisionKey, Launch> = HashMap::new();
-        let mut table: HashMap<String, Arc<Route>> = HashMap::new();
+        let mut table: NameMap<String, Arc<Route>> = NameMap::default();
         let mut now_services = HashSet::new();
         for d in desired {
             let name = d.service.name.rsplit('/').next().unwrap_or_default().to_string();
@@ -509,8 +512,8 @@ struct ServiceAccess {
 
 #[derive(Default)]
 struct Admitted {
-    accounts: HashSet<String>,
-    people: HashSet<String>,
+    accounts: NameSet<String>,
+    people: NameSet<String>,
 }
 
 /// Bounds the admissions kept per snapshot (principals with valid tokens: accounts and people).
@@ -582,10 +585,12 @@ pub struct StateCache {
 struct Snapshot {
     version: u64,
     /// By region, then service: looked up with borrowed names, without building a key.
-    facts: HashMap<String, HashMap<String, Option<Arc<ServiceAccess>>>>,
-    accounts: HashMap<String, Option<Arc<runnel_model::service_account::ServiceAccount>>>,
+    facts: NameMap<String, NameMap<String, Option<Arc<ServiceAccess>>>>,
+    /// Accounts by unique id. The keys of these maps are names of deployed services and the
+    /// subjects of tokens runnel signed, never a client's choice (`runnel_model::name_map`).
+    accounts: NameMap<String, Option<Arc<runnel_model::service_account::ServiceAccount>>>,
     /// People by email: whether they still hold a credential.
-    people: HashMap<String, bool>,
+    people: NameMap<String, bool>,
 }
 
 impl StateCache {

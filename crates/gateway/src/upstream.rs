@@ -16,7 +16,6 @@
 //! The map is read on every request and written only when an instance is first seen, so it
 //! sits behind a `RwLock`; each instance's stack has its own `Mutex`, held for a push or a pop.
 
-use std::collections::HashMap;
 use std::io::{self, IoSliceMut};
 use std::mem::MaybeUninit;
 use std::os::fd::OwnedFd;
@@ -27,6 +26,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use runnel_model::name_map::NameMap;
 use rustix::net::{
     AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, SocketType, recvmsg,
 };
@@ -151,7 +151,8 @@ pub(crate) type Sent = (hyper::http::response::Parts, h1::Body<RequestBody>, Hom
 
 /// The instances the frontend has been given leases on, with their idle connections.
 pub(crate) struct Instances {
-    known: RwLock<HashMap<String, Arc<Known>>>,
+    /// By instance id (runnel's own names: `runnel_model::name_map`).
+    known: RwLock<NameMap<String, Arc<Known>>>,
     epoch: Instant,
     config: PoolConfig,
     reaper: AtomicBool,

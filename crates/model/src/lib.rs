@@ -10,6 +10,7 @@
 
 mod error;
 pub mod iam;
+pub mod name_map;
 pub mod names;
 pub mod network;
 pub mod ranges;

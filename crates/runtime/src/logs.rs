@@ -12,14 +12,14 @@
 //! store write what is pending first, and the daemon calls [`LogStore::flush`] before it exits,
 //! so no line is lost to the batching; a crash loses at most the last [`FLUSH_EVERY`].
 
-use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::hash::{BuildHasherDefault, Hasher};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
+
+use runnel_model::name_map::NameMap;
 
 /// The longest a line waits in memory before it is written.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
@@ -83,52 +83,9 @@ struct Batch {
 /// nothing once a service's file is known.
 type Files = [Names<Names<Open>>; 3];
 
-/// A map keyed by region or service names, hashed with [`NameHasher`].
-type Names<V> = HashMap<String, V, BuildHasherDefault<NameHasher>>;
-
-/// FxHash's multiply-rotate over eight bytes at a time. Every record looks its file up by
-/// region and service, and SipHash (the default, whose point is resisting keys chosen to
-/// collide) cost several times more per lookup. The names here are deployed services and
-/// configured regions, not anything a client sends, so collision attacks are not a concern.
-#[derive(Default)]
-struct NameHasher(u64);
-
-impl NameHasher {
-    const SEED: u64 = 0x51_7c_c1_b7_27_22_0a_95;
-
-    fn add(&mut self, word: u64) {
-        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(Self::SEED);
-    }
-}
-
-impl Hasher for NameHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        let mut chunks = bytes.chunks_exact(8);
-        for chunk in &mut chunks {
-            let mut word = [0u8; 8];
-            word.copy_from_slice(chunk);
-            self.add(u64::from_le_bytes(word));
-        }
-        let rest = chunks.remainder();
-        if !rest.is_empty() {
-            let mut word = [0u8; 8];
-            word[..rest.len()].copy_from_slice(rest);
-            self.add(u64::from_le_bytes(word));
-        }
-    }
-
-    fn write_u8(&mut self, byte: u8) {
-        self.add(u64::from(byte));
-    }
-
-    fn write_usize(&mut self, n: usize) {
-        self.add(n as u64);
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
+/// A map keyed by region or service names (`runnel_model::name_map`: hashed cheaply, since the
+/// names are deployed services and configured regions, not anything a client sends).
+type Names<V> = NameMap<String, V>;
 
 struct Shared {
     root: PathBuf,
