@@ -60,6 +60,19 @@ int epoll_ctl(int epfd, int op, int fd, struct epoll_event *event)
     return rc;
 }
 
+/* The kernel drops a socket's epoll registration when the socket is closed; so must the
+ * record, or a later socket given the same number would be registered on connect with a
+ * dead socket's event (and the program's own EPOLL_CTL_ADD would then fail with EEXIST). */
+int close(int fd)
+{
+    static int (*real)(int);
+    if (!real)
+        real = (int (*)(int))dlsym(RTLD_NEXT, "close");
+    if (fd >= 0 && fd < MAX_FD)
+        registered_on[fd] = 0;
+    return real(fd);
+}
+
 static int is_port_sock(const struct sockaddr *addr, socklen_t len)
 {
     if (addr == NULL || len <= sizeof(sa_family_t) || addr->sa_family != AF_UNIX)
