@@ -46,7 +46,7 @@ impl Backend for PoolBackend {
             })?;
             Ok(Lease {
                 instance: slot.instance.id.clone(),
-                channel_dir: slot.instance.channel_dir(),
+                channel_dir: slot.instance.channels().clone(),
                 guard: Box::new(slot),
             })
         })

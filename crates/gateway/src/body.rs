@@ -42,7 +42,11 @@ enum Kind {
     Passthrough(Incoming),
 }
 
-pub(crate) struct ResponseBody {
+/// Boxed: hyper moves a response's body several times between the handler and the connection
+/// (about 600 bytes here: the exchange and the upstream body), where a pointer is 8.
+pub(crate) struct ResponseBody(Box<Streaming>);
+
+struct Streaming {
     kind: Kind,
     deadline: Option<Instant>,
     /// Created the first time the upstream body makes us wait, so that responses that are
@@ -56,47 +60,65 @@ pub(crate) struct ResponseBody {
 
 impl ResponseBody {
     pub(crate) fn empty() -> ResponseBody {
-        ResponseBody { kind: Kind::Empty, deadline: None, timer: None, sent: 0, exchange: None, home: None }
+        ResponseBody::new(Streaming {
+            kind: Kind::Empty,
+            deadline: None,
+            timer: None,
+            sent: 0,
+            exchange: None,
+            home: None,
+        })
+    }
+
+    fn new(streaming: Streaming) -> ResponseBody {
+        ResponseBody(Box::new(streaming))
     }
 
     pub(crate) fn page(body: &'static str, exchange: Option<Exchange>) -> ResponseBody {
-        ResponseBody {
+        ResponseBody::new(Streaming {
             kind: Kind::Page(Some(Bytes::from_static(body.as_bytes()))),
             deadline: None,
             timer: None,
             sent: 0,
             exchange,
             home: None,
-        }
+        })
     }
 
     /// A body of text made at request time (an egress refusal that explains itself).
     pub(crate) fn text(body: String) -> ResponseBody {
-        ResponseBody {
+        ResponseBody::new(Streaming {
             kind: Kind::Page(Some(Bytes::from(body))),
             deadline: None,
             timer: None,
             sent: 0,
             exchange: None,
             home: None,
-        }
+        })
     }
 
     /// A refusal page made at request time that still closes the request's log record.
     pub(crate) fn text_recorded(body: String, exchange: Exchange) -> ResponseBody {
-        ResponseBody {
+        ResponseBody::new(Streaming {
             kind: Kind::Page(Some(Bytes::from(body))),
             deadline: None,
             timer: None,
             sent: 0,
             exchange: Some(exchange),
             home: None,
-        }
+        })
     }
 
     /// A body passed through untouched (an internal endpoint's answer through the egress proxy).
     pub(crate) fn passthrough(body: Incoming) -> ResponseBody {
-        ResponseBody { kind: Kind::Passthrough(body), deadline: None, timer: None, sent: 0, exchange: None, home: None }
+        ResponseBody::new(Streaming {
+            kind: Kind::Passthrough(body),
+            deadline: None,
+            timer: None,
+            sent: 0,
+            exchange: None,
+            home: None,
+        })
     }
 
     pub(crate) fn upstream(
@@ -105,16 +127,18 @@ impl ResponseBody {
         exchange: Exchange,
         home: Home,
     ) -> ResponseBody {
-        ResponseBody {
+        ResponseBody::new(Streaming {
             kind: Kind::Upstream(body),
             deadline: Some(deadline),
             timer: None,
             sent: 0,
             exchange: Some(exchange),
             home: Some(home),
-        }
+        })
     }
+}
 
+impl Streaming {
     fn finish(&mut self) {
         self.timer = None;
         // The body knows whether its exchange ended cleanly, including a body hyper never
@@ -146,7 +170,7 @@ impl Body for ResponseBody {
     type Error = BodyError;
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        let this = self.get_mut();
+        let this = &mut *self.get_mut().0;
         let polled = match &mut this.kind {
             Kind::Empty => Poll::Ready(None),
             Kind::Page(page) => Poll::Ready(page.take().map(|b| Ok(Frame::data(b)))),
@@ -185,7 +209,7 @@ impl Body for ResponseBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        match &self.kind {
+        match &self.0.kind {
             Kind::Empty => true,
             Kind::Page(page) => page.is_none(),
             Kind::Upstream(body) => body.is_end_stream(),
@@ -194,7 +218,7 @@ impl Body for ResponseBody {
     }
 
     fn size_hint(&self) -> SizeHint {
-        match &self.kind {
+        match &self.0.kind {
             Kind::Empty | Kind::Page(None) => SizeHint::with_exact(0),
             Kind::Page(Some(page)) => SizeHint::with_exact(page.len() as u64),
             Kind::Upstream(body) => body.size_hint(),
@@ -203,7 +227,7 @@ impl Body for ResponseBody {
     }
 }
 
-impl Drop for ResponseBody {
+impl Drop for Streaming {
     fn drop(&mut self) {
         self.finish();
     }

@@ -3,7 +3,7 @@
 
 use std::borrow::Cow;
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -64,9 +64,9 @@ pub enum Unavailable {
 /// A slot on one instance: held while the request is in flight, released on drop.
 pub struct Lease {
     /// Unique among the daemon's live instances; the frontend pools connections by it.
-    pub instance: String,
+    pub instance: Arc<str>,
     /// The instance's channel directory; its `port.sock` leads to the workload.
-    pub channel_dir: PathBuf,
+    pub channel_dir: Arc<Path>,
     /// Dropped when the request (including its response body) is done.
     pub guard: Box<dyn Send + Sync>,
 }

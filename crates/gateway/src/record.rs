@@ -111,7 +111,7 @@ impl Exchange {
     }
 
     pub(crate) fn instance(&self) -> &str {
-        self.lease.as_ref().map_or("", |l| l.instance.as_str())
+        self.lease.as_ref().map_or("", |l| &*l.instance)
     }
 
     /// Writes the request-log record and releases the lease.

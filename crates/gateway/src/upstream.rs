@@ -169,7 +169,7 @@ impl Instances {
         let tick = now.saturating_duration_since(self.epoch).as_secs();
         {
             let known = self.known.read().unwrap_or_else(PoisonError::into_inner);
-            if let Some(known) = known.get(lease.instance.as_str())
+            if let Some(known) = known.get(&*lease.instance)
                 && known.is_at(&lease.channel_dir)
             {
                 known.last_used.store(tick, Ordering::Relaxed);
@@ -178,7 +178,7 @@ impl Instances {
         }
         let mut map = self.known.write().unwrap_or_else(PoisonError::into_inner);
         // Another request may have registered the same lease meanwhile; use its entry.
-        if let Some(known) = map.get(lease.instance.as_str())
+        if let Some(known) = map.get(&*lease.instance)
             && known.is_at(&lease.channel_dir)
         {
             return known.clone();
@@ -188,11 +188,11 @@ impl Instances {
             map.retain(|_, known| known.last_used.load(Ordering::Relaxed) > stale);
         }
         let known = Arc::new(Known {
-            channel_dir: lease.channel_dir.clone(),
+            channel_dir: lease.channel_dir.to_path_buf(),
             last_used: AtomicU64::new(tick),
             idle: Mutex::new(Vec::new()),
         });
-        map.insert(lease.instance.clone(), known.clone());
+        map.insert(lease.instance.to_string(), known.clone());
         known
     }
 
@@ -442,7 +442,7 @@ mod tests {
     use super::*;
 
     fn lease(instance: &str, dir: &str) -> Lease {
-        Lease { instance: instance.into(), channel_dir: dir.into(), guard: Box::new(()) }
+        Lease { instance: instance.into(), channel_dir: Path::new(dir).into(), guard: Box::new(()) }
     }
 
     fn config() -> PoolConfig {

@@ -8,7 +8,7 @@
 //! `NoInstance` (503). Nothing waits without a bound.
 
 use std::collections::VecDeque;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -84,8 +84,11 @@ pub struct Host {
 
 /// One instance of a revision.
 pub struct Instance {
-    pub id: String,
+    /// Shared, as every request's lease names it.
+    pub id: Arc<str>,
     pub dir: PathBuf,
+    /// `dir/run`, made once: every request's lease carries it.
+    channels: Arc<Path>,
     /// The host uid the instance runs as when the daemon is root: its own (see [`instance_uid`]).
     pub host_uid: Option<u32>,
     in_flight: AtomicU32,
@@ -96,7 +99,12 @@ pub struct Instance {
 impl Instance {
     /// The directory of the instance's channels (`port.sock`, `metadata.sock`, `egress.sock`).
     pub fn channel_dir(&self) -> PathBuf {
-        self.dir.join("run")
+        self.channels.to_path_buf()
+    }
+
+    /// [`Instance::channel_dir`], shared.
+    pub fn channels(&self) -> &Arc<Path> {
+        &self.channels
     }
 
     fn remember(&self, line: &str) {
@@ -202,7 +210,8 @@ impl Pool {
             host_uid: (nix::unistd::getuid().is_root() && self.host.isolation == sandbox::Isolation::Sandbox)
                 .then(instance_uid),
             dir: self.host.instances_dir.join(&id),
-            id,
+            channels: self.host.instances_dir.join(&id).join("run").into(),
+            id: id.into(),
             in_flight: AtomicU32::new(0),
             ready: AtomicBool::new(false),
             last_lines: Mutex::new(VecDeque::new()),

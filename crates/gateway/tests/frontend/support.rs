@@ -242,8 +242,8 @@ impl Backend for FakeBackend {
                 Mode::Serve => {
                     self.outstanding.fetch_add(1, Ordering::SeqCst);
                     Ok(Lease {
-                        instance: self.instance.clone(),
-                        channel_dir: self.channel_dir.clone(),
+                        instance: self.instance.as_str().into(),
+                        channel_dir: self.channel_dir.as_path().into(),
                         guard: Box::new(LeaseGuard(self.outstanding.clone())),
                     })
                 }
