@@ -36,7 +36,7 @@ pub struct Refusal {
 }
 
 impl Refusal {
-    fn new(reason: Reason, detail: impl Into<String>) -> Self {
+    pub(crate) fn new(reason: Reason, detail: impl Into<String>) -> Self {
         Self { reason, detail: detail.into() }
     }
 }

@@ -56,6 +56,29 @@ fn a_token_differing_only_in_its_signature_is_refused_not_served_from_the_cache(
 }
 
 #[test]
+fn a_token_as_bytes_hits_only_when_identical_and_bytes_that_are_not_text_are_malformed() {
+    let f = fixture();
+    let cache = VerifyCache::default();
+    let keys = f.keys.key_set();
+    let token = mint(&f, AUDIENCE);
+    let first = cache.verify_bytes(token.as_bytes(), &keys, ISSUER, &audiences(), NOW, SKEW).unwrap();
+    assert_eq!(cache.verify(&token, &keys, ISSUER, &audiences(), NOW, SKEW).unwrap(), first);
+    assert_eq!(cache.stats().hits, 1, "bytes and text find the same entry");
+    // The cached token with a byte that is not UTF-8 in place of its last one (the part the
+    // index hashes differs) and in place of its first (the part it hashes is the same).
+    let mut last = token.clone().into_bytes();
+    *last.last_mut().unwrap() = 0xff;
+    let mut first_byte = token.clone().into_bytes();
+    first_byte[0] = 0xc3;
+    for bytes in [last, first_byte] {
+        let refused = cache.verify_bytes(&bytes, &keys, ISSUER, &audiences(), NOW, SKEW).unwrap_err();
+        assert_eq!(refused.reason, Reason::TokenMalformed);
+    }
+    let stats = cache.stats();
+    assert_eq!((stats.hits, stats.misses, stats.rsa_verifications), (1, 3, 1), "neither was served from the cache");
+}
+
+#[test]
 fn a_token_with_a_cached_tokens_signature_but_other_claims_misses_and_is_refused() {
     // The index hashes only the end of the signature; the whole token decides a hit.
     let f = fixture();
