@@ -46,7 +46,7 @@ impl Backend for PoolBackend {
             })?;
             Ok(Lease {
                 instance: slot.instance.id.clone(),
-                channel_dir: slot.instance.channels().clone(),
+                channel_dir: slot.instance.channel_dir().clone(),
                 guard: Box::new(slot),
             })
         })

@@ -59,66 +59,33 @@ struct Streaming {
 }
 
 impl ResponseBody {
-    pub(crate) fn empty() -> ResponseBody {
-        ResponseBody::new(Streaming {
-            kind: Kind::Empty,
-            deadline: None,
-            timer: None,
-            sent: 0,
-            exchange: None,
-            home: None,
-        })
+    /// A body of `kind` that ends with `exchange` (if any), with no deadline and no connection
+    /// to give back: everything but an instance's answer.
+    fn new(kind: Kind, exchange: Option<Exchange>) -> ResponseBody {
+        ResponseBody(Box::new(Streaming { kind, deadline: None, timer: None, sent: 0, exchange, home: None }))
     }
 
-    fn new(streaming: Streaming) -> ResponseBody {
-        ResponseBody(Box::new(streaming))
+    pub(crate) fn empty() -> ResponseBody {
+        ResponseBody::new(Kind::Empty, None)
     }
 
     pub(crate) fn page(body: &'static str, exchange: Option<Exchange>) -> ResponseBody {
-        ResponseBody::new(Streaming {
-            kind: Kind::Page(Some(Bytes::from_static(body.as_bytes()))),
-            deadline: None,
-            timer: None,
-            sent: 0,
-            exchange,
-            home: None,
-        })
+        ResponseBody::new(Kind::Page(Some(Bytes::from_static(body.as_bytes()))), exchange)
     }
 
     /// A body of text made at request time (an egress refusal that explains itself).
     pub(crate) fn text(body: String) -> ResponseBody {
-        ResponseBody::new(Streaming {
-            kind: Kind::Page(Some(Bytes::from(body))),
-            deadline: None,
-            timer: None,
-            sent: 0,
-            exchange: None,
-            home: None,
-        })
+        ResponseBody::new(Kind::Page(Some(Bytes::from(body))), None)
     }
 
     /// A refusal page made at request time that still closes the request's log record.
     pub(crate) fn text_recorded(body: String, exchange: Exchange) -> ResponseBody {
-        ResponseBody::new(Streaming {
-            kind: Kind::Page(Some(Bytes::from(body))),
-            deadline: None,
-            timer: None,
-            sent: 0,
-            exchange: Some(exchange),
-            home: None,
-        })
+        ResponseBody::new(Kind::Page(Some(Bytes::from(body))), Some(exchange))
     }
 
     /// A body passed through untouched (an internal endpoint's answer through the egress proxy).
     pub(crate) fn passthrough(body: Incoming) -> ResponseBody {
-        ResponseBody::new(Streaming {
-            kind: Kind::Passthrough(body),
-            deadline: None,
-            timer: None,
-            sent: 0,
-            exchange: None,
-            home: None,
-        })
+        ResponseBody::new(Kind::Passthrough(body), None)
     }
 
     pub(crate) fn upstream(
@@ -127,14 +94,10 @@ impl ResponseBody {
         exchange: Exchange,
         home: Home,
     ) -> ResponseBody {
-        ResponseBody::new(Streaming {
-            kind: Kind::Upstream(body),
-            deadline: Some(deadline),
-            timer: None,
-            sent: 0,
-            exchange: Some(exchange),
-            home: Some(home),
-        })
+        let mut response = ResponseBody::new(Kind::Upstream(body), Some(exchange));
+        response.0.deadline = Some(deadline);
+        response.0.home = Some(home);
+        response
     }
 }
 

@@ -19,7 +19,7 @@
 use std::io::{self, IoSliceMut};
 use std::mem::MaybeUninit;
 use std::os::fd::OwnedFd;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
@@ -71,7 +71,7 @@ struct Idle {
 
 /// One instance the frontend has had a lease on: where to connect, and its idle connections.
 pub(crate) struct Known {
-    channel_dir: PathBuf,
+    channel_dir: Arc<Path>,
     /// Seconds since [`Instances::epoch`] when a lease last named this instance.
     last_used: AtomicU64,
     /// Oldest first: connections are pushed and popped at the end.
@@ -188,7 +188,7 @@ impl Instances {
             map.retain(|_, known| known.last_used.load(Ordering::Relaxed) > stale);
         }
         let known = Arc::new(Known {
-            channel_dir: lease.channel_dir.to_path_buf(),
+            channel_dir: lease.channel_dir.clone(),
             last_used: AtomicU64::new(tick),
             idle: Mutex::new(Vec::new()),
         });
@@ -457,13 +457,13 @@ mod tests {
         assert!(Arc::ptr_eq(&instances.instance(&lease("a", "/run/a"), now), &a));
         let b = instances.instance(&lease("b", "/run/b"), now);
         assert!(!Arc::ptr_eq(&a, &b));
-        assert_eq!(a.channel_dir, PathBuf::from("/run/a"));
+        assert_eq!(&*a.channel_dir, Path::new("/run/a"));
 
         // The id was reused by a new instance: it gets a fresh entry, without the old
         // connections.
         let a2 = instances.instance(&lease("a", "/run/a2"), now);
         assert!(!Arc::ptr_eq(&a, &a2));
-        assert_eq!(a2.channel_dir, PathBuf::from("/run/a2"));
+        assert_eq!(&*a2.channel_dir, Path::new("/run/a2"));
         assert_eq!(instances.len(), 2);
 
         instances.forget("a");

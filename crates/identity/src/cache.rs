@@ -192,7 +192,7 @@ impl VerifyCache {
         self.verify_bytes(token.as_bytes(), keys, issuer, audiences, now, skew)
     }
 
-    /// [`TokenCache::verify`] for a token as the request carried it. A hit is found by
+    /// [`VerifyCache::verify`] for a token as the request carried it. A hit is found by
     /// comparing bytes with a token that was text when it verified, so only a miss checks
     /// that the token is UTF-8: on a kilobyte token that scan cost as much as the lookup.
     pub fn verify_bytes(
@@ -231,8 +231,14 @@ impl VerifyCache {
         }
 
         self.misses.fetch_add(1, Ordering::Relaxed);
-        let token = std::str::from_utf8(token).map_err(|_| {
-            Refusal::new(Reason::TokenMalformed, "the token is not base64url text in three dot-separated parts")
+        let token = std::str::from_utf8(token).map_err(|e| {
+            let bad = token[e.valid_up_to()];
+            Refusal::new(
+                Reason::TokenMalformed,
+                format!(
+                    "the token holds the byte {bad:#04x}, which base64url JWTs never do; send the token as the metadata server gave it"
+                ),
+            )
         })?;
         let signed = verify_signature(token, keys, Some(&self.rsa_verifications))?;
         let claims = Arc::new(signed.claims);

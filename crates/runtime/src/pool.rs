@@ -88,7 +88,7 @@ pub struct Instance {
     pub id: Arc<str>,
     pub dir: PathBuf,
     /// `dir/run`, made once: every request's lease carries it.
-    channels: Arc<Path>,
+    channel_dir: Arc<Path>,
     /// The host uid the instance runs as when the daemon is root: its own (see [`instance_uid`]).
     pub host_uid: Option<u32>,
     in_flight: AtomicU32,
@@ -97,14 +97,10 @@ pub struct Instance {
 }
 
 impl Instance {
-    /// The directory of the instance's channels (`port.sock`, `metadata.sock`, `egress.sock`).
-    pub fn channel_dir(&self) -> PathBuf {
-        self.channels.to_path_buf()
-    }
-
-    /// [`Instance::channel_dir`], shared.
-    pub fn channels(&self) -> &Arc<Path> {
-        &self.channels
+    /// The directory of the instance's channels (`port.sock`, `metadata.sock`, `egress.sock`),
+    /// shared: a lease clones it rather than building the path per request.
+    pub fn channel_dir(&self) -> &Arc<Path> {
+        &self.channel_dir
     }
 
     fn remember(&self, line: &str) {
@@ -206,11 +202,12 @@ impl Pool {
 
     fn spawn_instance(self: &Arc<Self>) {
         let id = new_id();
+        let dir = self.host.instances_dir.join(&id);
         let instance = Arc::new(Instance {
             host_uid: (nix::unistd::getuid().is_root() && self.host.isolation == sandbox::Isolation::Sandbox)
                 .then(instance_uid),
-            dir: self.host.instances_dir.join(&id),
-            channels: self.host.instances_dir.join(&id).join("run").into(),
+            channel_dir: dir.join("run").into(),
+            dir,
             id: id.into(),
             in_flight: AtomicU32::new(0),
             ready: AtomicBool::new(false),
@@ -412,7 +409,7 @@ async fn probe(pool: &Pool, instance: &Instance, child: &mut tokio::process::Chi
         if let Ok(Some(status)) = child.try_wait() {
             return Probe::Exited(status.to_string());
         }
-        if let Ok(true) = sandbox::port_accepts(&instance.channel_dir()).await {
+        if let Ok(true) = sandbox::port_accepts(instance.channel_dir()).await {
             return Probe::Ready;
         }
         if Instant::now() >= deadline {
@@ -456,7 +453,7 @@ async fn supervise(pool: Arc<Pool>, instance: Arc<Instance>) {
         let spawned = match prepare_dir(&instance) {
             Ok(()) => match &pool.host.channels {
                 Some(provider) => {
-                    provider.open(&key, &instance.id, &instance.channel_dir(), instance.host_uid).map(|g| {
+                    provider.open(&key, &instance.id, instance.channel_dir(), instance.host_uid).map(|g| {
                         channels = Some(g);
                     })
                 }
