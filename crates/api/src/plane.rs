@@ -38,6 +38,9 @@ pub struct ControlPlane {
     pub(crate) runtime: bool,
     /// Counts committed writes, so the daemon's reconciler wakes on every change.
     pub(crate) changes: tokio::sync::watch::Sender<u64>,
+    /// The change counter, also as a plain atomic: the frontend reads it on every request, and
+    /// reading the `watch` takes its lock (two atomic operations) each time.
+    committed: std::sync::atomic::AtomicU64,
     pub(crate) logs: Option<Arc<dyn LogReader>>,
     pub(crate) tokens: Option<Arc<dyn TokenIssuer>>,
     pub(crate) proxies: std::sync::OnceLock<Arc<dyn crate::operator::OperatorProxies>>,
@@ -153,6 +156,7 @@ impl ControlPlane {
             settings,
             runtime: false,
             changes: tokio::sync::watch::channel(0).0,
+            committed: std::sync::atomic::AtomicU64::new(0),
             logs: None,
             tokens: None,
             proxies: std::sync::OnceLock::new(),
@@ -188,8 +192,8 @@ impl ControlPlane {
     }
 
     /// The change counter: moves on every commit, before the API acknowledges it.
-    pub(crate) fn version(&self) -> u64 {
-        *self.changes.borrow()
+    pub fn version(&self) -> u64 {
+        self.committed.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn project(&self) -> &Project {
@@ -306,6 +310,9 @@ impl ControlPlane {
         let mut txn = self.store.write()?;
         let out = f(txn.as_mut())?;
         txn.commit()?;
+        // The counter first: whoever sees the `watch` move, or is told the write succeeded,
+        // then reads the new count.
+        self.committed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         self.changes.send_modify(|n| *n = n.wrapping_add(1));
         Ok(out)
     }

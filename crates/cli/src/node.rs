@@ -44,12 +44,21 @@ impl Backend for PoolBackend {
                 runnel_runtime::pool::Unavailable::Busy => Unavailable::Busy,
                 runnel_runtime::pool::Unavailable::NoInstance => Unavailable::NoInstance,
             })?;
-            Ok(Lease {
-                instance: slot.instance.id.clone(),
-                channel_dir: slot.instance.channel_dir().clone(),
-                guard: Box::new(slot),
-            })
+            Ok(Lease(Box::new(Held(slot))))
         })
+    }
+}
+
+/// A pool's slot as the frontend holds it.
+struct Held(runnel_runtime::pool::Slot);
+
+impl runnel_gateway::Held for Held {
+    fn instance(&self) -> &str {
+        &self.0.instance.id
+    }
+
+    fn channel_dir(&self) -> &Arc<std::path::Path> {
+        self.0.instance.channel_dir()
     }
 }
 
@@ -576,8 +585,8 @@ impl ServiceAccess {
 /// it, and an entry is only used while the counter is where it was when the entry was read. So
 /// a change a client was told about (a removed binding, a disabled account) takes effect on the
 /// very next request, and requests in between skip the store.
+#[derive(Default)]
 pub struct StateCache {
-    version: tokio::sync::watch::Receiver<u64>,
     inner: std::sync::Mutex<Snapshot>,
 }
 
@@ -594,13 +603,9 @@ struct Snapshot {
 }
 
 impl StateCache {
-    pub fn new(cp: &ControlPlane) -> Self {
-        Self { version: cp.subscribe(), inner: std::sync::Mutex::new(Snapshot::default()) }
-    }
-
     /// The snapshot for the current version, emptied when the store changed.
-    fn current(&self) -> Option<std::sync::MutexGuard<'_, Snapshot>> {
-        let version = *self.version.borrow();
+    fn current(&self, cp: &ControlPlane) -> Option<std::sync::MutexGuard<'_, Snapshot>> {
+        let version = cp.version();
         let mut snap = self.inner.lock().ok()?;
         if snap.version != version {
             *snap = Snapshot { version, ..Snapshot::default() };
@@ -609,15 +614,15 @@ impl StateCache {
     }
 
     fn facts(&self, cp: &ControlPlane, region: &str, service: &str) -> Option<Arc<ServiceAccess>> {
-        if let Some(hit) = self.current().and_then(|s| s.facts.get(region).and_then(|r| r.get(service)).cloned()) {
+        if let Some(hit) = self.current(cp).and_then(|s| s.facts.get(region).and_then(|r| r.get(service)).cloned()) {
             return hit;
         }
-        let version = *self.version.borrow();
+        let version = cp.version();
         let read = cp
             .invoker_facts(region, service)
             .ok()?
             .map(|facts| Arc::new(ServiceAccess::new(cp, region, service, facts)));
-        if let Some(mut snap) = self.current()
+        if let Some(mut snap) = self.current(cp)
             && snap.version == version
         {
             snap.facts.entry(region.to_string()).or_default().insert(service.to_string(), read.clone());
@@ -627,12 +632,12 @@ impl StateCache {
 
     /// Whether the person still holds a credential (`None` when the store cannot say).
     fn person(&self, cp: &ControlPlane, email: &str) -> Option<bool> {
-        if let Some(hit) = self.current().and_then(|s| s.people.get(email).copied()) {
+        if let Some(hit) = self.current(cp).and_then(|s| s.people.get(email).copied()) {
             return Some(hit);
         }
-        let version = *self.version.borrow();
+        let version = cp.version();
         let read = cp.person_has_credential(email).ok()?;
-        if let Some(mut snap) = self.current()
+        if let Some(mut snap) = self.current(cp)
             && snap.version == version
         {
             snap.people.insert(email.to_string(), read);
@@ -645,12 +650,12 @@ impl StateCache {
         cp: &ControlPlane,
         unique_id: &str,
     ) -> Option<Arc<runnel_model::service_account::ServiceAccount>> {
-        if let Some(hit) = self.current().and_then(|s| s.accounts.get(unique_id).cloned()) {
+        if let Some(hit) = self.current(cp).and_then(|s| s.accounts.get(unique_id).cloned()) {
             return hit;
         }
-        let version = *self.version.borrow();
+        let version = cp.version();
         let read = cp.account_by_unique_id(unique_id).ok()?.map(Arc::new);
-        if let Some(mut snap) = self.current()
+        if let Some(mut snap) = self.current(cp)
             && snap.version == version
         {
             snap.accounts.insert(unique_id.to_string(), read.clone());

@@ -177,7 +177,7 @@ pub async fn serve(
             keys: keys.clone(),
             cache: Arc::new(runnel_identity::VerifyCache::default()),
             issuer: issuer.clone(),
-            state: crate::node::StateCache::new(&cp),
+            state: crate::node::StateCache::default(),
         });
         frontend_addr = Some(listener.local_addr()?);
         let instances_dir = home_dir.join("i");

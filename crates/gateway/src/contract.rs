@@ -61,14 +61,28 @@ pub enum Unavailable {
     NoInstance,
 }
 
-/// A slot on one instance: held while the request is in flight, released on drop.
-pub struct Lease {
+/// A slot on one instance, and which instance it is on: held while the request is in flight,
+/// released when dropped.
+pub trait Held: Send + Sync {
     /// Unique among the daemon's live instances; the frontend pools connections by it.
-    pub instance: Arc<str>,
+    fn instance(&self) -> &str;
     /// The instance's channel directory; its `port.sock` leads to the workload.
-    pub channel_dir: Arc<Path>,
-    /// Dropped when the request (including its response body) is done.
-    pub guard: Box<dyn Send + Sync>,
+    fn channel_dir(&self) -> &Arc<Path>;
+}
+
+/// A slot on one instance, dropped when the request (including its response body) is done.
+/// What the slot knows about its instance is read through it, not copied into the lease: a
+/// copy of a shared name is an atomic operation to make and another to drop, per request.
+pub struct Lease(pub Box<dyn Held>);
+
+impl Lease {
+    pub fn instance(&self) -> &str {
+        self.0.instance()
+    }
+
+    pub fn channel_dir(&self) -> &Arc<Path> {
+        self.0.channel_dir()
+    }
 }
 
 pub type LeaseFuture<'a> = Pin<Box<dyn Future<Output = Result<Lease, Unavailable>> + Send + 'a>>;

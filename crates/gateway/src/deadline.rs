@@ -70,6 +70,10 @@ pub(crate) struct Watcher {
     timer: Option<Pin<Box<Sleep>>>,
     /// When the timer is armed for (nanoseconds since the watch's base), if it is.
     armed: Option<u64>,
+    /// The armed timer has been polled since it was last set, so it holds this task's waker.
+    /// Polling it again would only swap the waker for the same one (four atomic operations,
+    /// twice per request); until it has elapsed it is left alone.
+    registered: bool,
     /// The last deadline the timer fired for. Deadlines up to it have passed, so the waits that
     /// wanted them have ended themselves (a wait writes only a deadline still ahead), and
     /// those left in the slots are stale.
@@ -78,7 +82,7 @@ pub(crate) struct Watcher {
 
 impl Watcher {
     pub(crate) fn new(watch: Arc<Watch>) -> Watcher {
-        Watcher { watch, timer: None, armed: None, fired: 0 }
+        Watcher { watch, timer: None, armed: None, registered: false, fired: 0 }
     }
 
     pub(crate) fn poll_watch(&mut self, cx: &mut Context<'_>) -> Poll<Infallible> {
@@ -92,11 +96,19 @@ impl Watcher {
                     None => self.timer = Some(Box::pin(tokio::time::sleep_until(at))),
                 }
                 self.armed = Some(wanted);
+                self.registered = false;
             }
             let (Some(armed), Some(timer)) = (self.armed, self.timer.as_mut()) else { return Poll::Pending };
-            if timer.as_mut().poll(cx).is_pending() {
+            // The watcher only ever runs in its connection's task, so the waker it registered
+            // is still the one to wake.
+            if self.registered && !timer.is_elapsed() {
                 return Poll::Pending;
             }
+            if timer.as_mut().poll(cx).is_pending() {
+                self.registered = true;
+                return Poll::Pending;
+            }
+            self.registered = false;
             // Fired: the connection was polled just before, on this wake-up, so a wait whose
             // deadline this was has ended itself. A later deadline arms the timer again.
             self.armed = None;

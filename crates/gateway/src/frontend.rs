@@ -7,11 +7,14 @@
 //! instance, idle from an earlier request or new (`upstream.rs`). The deadline bounds everything that waits on the upstream: the slot, the
 //! response head, and the response body.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::pin;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use hyper::body::Incoming;
@@ -22,7 +25,6 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::timeout_at;
 
@@ -104,7 +106,7 @@ impl Frontend {
     ///
     /// WebSocket tunnels run detached from their connection and end at their request deadline.
     pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
-        let (stop_tx, stop_rx) = watch::channel(false);
+        let stop = Arc::new(Stop::default());
         let mut connections = JoinSet::new();
         let mut shutdown = pin!(shutdown);
         loop {
@@ -113,7 +115,7 @@ impl Frontend {
                 Some(_) = connections.join_next(), if !connections.is_empty() => {}
                 accepted = listener.accept() => match accepted {
                     Ok((stream, remote)) => {
-                        connections.spawn(self.clone().serve_connection(stream, remote, stop_rx.clone()));
+                        connections.spawn(self.clone().serve_connection(stream, remote, stop.clone()));
                     }
                     Err(e) => {
                         // Out of descriptors or an aborted handshake: back off instead of
@@ -125,7 +127,7 @@ impl Frontend {
             }
         }
         drop(listener);
-        let _ = stop_tx.send(true);
+        stop.stop();
         let drained = tokio::time::timeout(self.config.shutdown_grace, async {
             while connections.join_next().await.is_some() {}
         })
@@ -139,28 +141,32 @@ impl Frontend {
         }
     }
 
-    async fn serve_connection(self: Arc<Self>, stream: TcpStream, remote: SocketAddr, mut stop: watch::Receiver<bool>) {
+    async fn serve_connection(self: Arc<Self>, stream: TcpStream, remote: SocketAddr, stop: Arc<Stop>) {
         // Responses are written whole by hyper; Nagle would only delay their last segment.
         let _ = stream.set_nodelay(true);
         let watch = Watch::new();
         let mut watcher = Watcher::new(watch.clone());
-        let peer = Arc::new(Peer::watched(remote.ip(), watch.clone()));
         let io = ClientIo::new(stream, self.config.client_stall_timeout);
         let mut http = self.http.clone();
-        http.timer(WatchTimer(watch));
-        let frontend = self.clone();
+        http.timer(WatchTimer(watch.clone()));
+        // One reference per request for the frontend and the peer together: each clone of an
+        // `Arc` is an atomic operation, and so is each drop.
+        let client = Arc::new((self.clone(), Peer::watched(remote.ip(), watch)));
         let service = service_fn(move |req| {
-            let frontend = frontend.clone();
-            let peer = peer.clone();
-            async move { Ok::<_, Infallible>(frontend.handle(req, &peer, &Origin::internet()).await) }
+            let client = client.clone();
+            async move {
+                let (frontend, peer) = &*client;
+                Ok::<_, Infallible>(frontend.handle(req, peer, &Origin::internet()).await)
+            }
         });
         let mut connection = pin!(http.serve_connection(io, service).with_upgrades());
+        let _registered = stop.register().await;
         // The watcher is polled after the connection, so that it sees the deadlines the
         // connection's waits wrote on this poll.
         let result = tokio::select! {
             biased;
             result = connection.as_mut() => result,
-            _ = async { stop.wait_for(|stop| *stop).await.is_ok() } => {
+            () = std::future::poll_fn(|_| stop.poll_stopped()) => {
                 connection.as_mut().graceful_shutdown();
                 tokio::select! {
                     biased;
@@ -198,7 +204,7 @@ impl Frontend {
             }
         };
         let mut buf = [0u8; MAX_HOST];
-        let route = match host::normalise_host(authority.as_bytes(), &mut buf) {
+        let route = match host::normalise_host(authority, &mut buf) {
             Ok(host) => self.router.route(host),
             Err(why) => {
                 tracing::debug!(reason = ?why, request_id = id.as_str(), "request without a routable host");
@@ -241,7 +247,7 @@ impl Frontend {
         // refusals are in the service's request log, as on Cloud Run.
         let invoker = route.invoker.check(&route, req.headers());
         let deadline = tokio::time::Instant::from_std(started + route.timeout.min(FAR_FUTURE));
-        let mut exchange = Exchange::new(self.log.clone(), route.clone(), started, id, &req, authority.clone(), peer);
+        let mut exchange = Exchange::new(self.log.clone(), route.clone(), started, id, &req, authority, peer);
         match invoker {
             InvokerCheck::Allow { rewrite, .. } => {
                 if let Some((name, value)) = rewrite {
@@ -293,9 +299,10 @@ impl Frontend {
         let websocket = headers::wants_websocket(req.method(), req.version(), req.headers());
         let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
-        let forwarding = headers::prepare_request(&mut parts.headers, &authority, peer, &id_header, websocket);
         let (body, read) = RequestBody::new(body);
         exchange.request_body = read;
+        let forwarding =
+            headers::prepare_request(&mut parts.headers, exchange.authority(), peer, &id_header, websocket);
         // Only the path and query travel from the client's target (origin form), and the
         // instance connection is HTTP/1.1 whatever the client spoke, so it can be reused.
         let request = h1::Request::new(&parts, forwarding.fields(), body);
@@ -313,7 +320,7 @@ impl Frontend {
         if parts.status == StatusCode::SWITCHING_PROTOCOLS {
             return match (client_upgrade, body.into_upgrade()) {
                 (Some(client_upgrade), Some(instance)) => {
-                    tunnel(exchange, &id_header, client_upgrade, parts, instance, deadline)
+                    tunnel(exchange, id_header, client_upgrade, parts, instance, deadline)
                 }
                 _ => {
                     tracing::warn!(
@@ -326,7 +333,7 @@ impl Frontend {
             };
         }
         let mut parts = parts;
-        headers::prepare_response(&mut parts.headers, &id_header, false);
+        headers::prepare_response(&mut parts.headers, id_header, false);
         exchange.status = parts.status.as_u16();
         exchange.response_head = response_head_size(&parts.status, &parts.headers);
         Response::from_parts(parts, ResponseBody::upstream(body, deadline, exchange, home))
@@ -361,6 +368,53 @@ impl Frontend {
             "request could not be forwarded to the instance"
         );
         page_response(page, id, Some(exchange))
+    }
+}
+
+/// Tells the listener's connections that the frontend is shutting down.
+///
+/// A connection's task checks the flag each time it is polled (a plain load) and is woken once
+/// when it turns. A `watch` channel did the same, but its future takes a lock to re-register
+/// the task's waker every time the task is polled: twice per request.
+#[derive(Default)]
+struct Stop {
+    stopping: AtomicBool,
+    /// The connections to wake, by a number each gets when it registers.
+    wakers: Mutex<HashMap<u64, Waker>>,
+    next: AtomicU64,
+}
+
+/// A connection's place in [`Stop::wakers`], given up when the connection ends.
+struct Registered<'a> {
+    stop: &'a Stop,
+    id: u64,
+}
+
+impl Stop {
+    fn stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        let wakers = std::mem::take(&mut *self.wakers.lock().unwrap_or_else(PoisonError::into_inner));
+        wakers.into_values().for_each(Waker::wake);
+    }
+
+    /// Registers the calling task to be woken by [`Stop::stop`].
+    async fn register(&self) -> Registered<'_> {
+        let waker = std::future::poll_fn(|cx| Poll::Ready(cx.waker().clone())).await;
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        self.wakers.lock().unwrap_or_else(PoisonError::into_inner).insert(id, waker);
+        Registered { stop: self, id }
+    }
+
+    /// Ready once the frontend is stopping. The flag is read after the task registered, and
+    /// [`Stop::stop`] sets it before it takes the wakers, so a stop is never missed.
+    fn poll_stopped(&self) -> Poll<()> {
+        if self.stopping.load(Ordering::SeqCst) { Poll::Ready(()) } else { Poll::Pending }
+    }
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        self.stop.wakers.lock().unwrap_or_else(PoisonError::into_inner).remove(&self.id);
     }
 }
 
@@ -413,7 +467,7 @@ fn page_response(page: Page, id: &HeaderValue, exchange: Option<Exchange>) -> Re
 /// task until then.
 fn tunnel(
     mut exchange: Exchange,
-    id: &HeaderValue,
+    id: HeaderValue,
     client: hyper::upgrade::OnUpgrade,
     mut parts: hyper::http::response::Parts,
     (mut instance, early): (InstanceStream, bytes::Bytes),

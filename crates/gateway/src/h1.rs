@@ -409,7 +409,8 @@ where
 }
 
 /// Parses a complete response head at the start of `buf`, taking it out of the buffer; `None`
-/// while the head is incomplete. Header values share the head's bytes instead of being copied.
+/// while the head is incomplete. Header values are copied (a few dozen bytes each) rather than
+/// shared with the buffer, which would make it reference-counted (see [`take_data`]).
 fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Error> {
     if buf.is_empty() {
         return Ok(None);
@@ -444,15 +445,15 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Error> {
         (len, response.code.unwrap_or(0), response.version.unwrap_or(0), count)
     };
     let status = StatusCode::from_u16(code).map_err(|_| Error::Malformed("the status code is out of range"))?;
-    let head = buf.split_to(len).freeze();
     let mut headers = HeaderMap::with_capacity(count);
     for &[name_start, name_end, value_start, value_end] in &spans[..count] {
-        let name = HeaderName::from_bytes(&head[name_start as usize..name_end as usize])
+        let name = HeaderName::from_bytes(&buf[name_start as usize..name_end as usize])
             .map_err(|_| Error::Malformed("a header name is not a token"))?;
-        let value = HeaderValue::from_maybe_shared(head.slice(value_start as usize..value_end as usize))
+        let value = HeaderValue::from_bytes(&buf[value_start as usize..value_end as usize])
             .map_err(|_| Error::Malformed("a header value has control characters"))?;
         headers.append(name, value);
     }
+    buf.advance(len);
     Ok(Some(Head { status, http10: version == 0, headers }))
 }
 
@@ -565,15 +566,14 @@ fn decode(framing: &mut Framing, buf: &mut BytesMut) -> Result<Step, Error> {
                 }
                 let n = (*remaining).min(buf.len() as u64);
                 *remaining -= n;
-                return Ok(Step::Data(buf.split_to(n as usize).freeze()));
+                return Ok(Step::Data(take_data(buf, n as usize)));
             }
             Framing::Close => {
-                return Ok(if buf.is_empty() { Step::More } else { Step::Data(buf.split().freeze()) });
+                return Ok(if buf.is_empty() { Step::More } else { Step::Data(take_data(buf, buf.len())) });
             }
             Framing::Chunked(chunk) => match chunk {
                 Chunk::Size => {
-                    let Some(line) = take_line(buf)? else { return Ok(Step::More) };
-                    let size = chunk_size(&line)?;
+                    let Some(size) = take_line(buf, chunk_size)? else { return Ok(Step::More) };
                     *chunk = if size == 0 { Chunk::Trailers { read: 0 } } else { Chunk::Data(size) };
                 }
                 Chunk::Data(remaining) => {
@@ -582,7 +582,7 @@ fn decode(framing: &mut Framing, buf: &mut BytesMut) -> Result<Step, Error> {
                     }
                     let n = (*remaining).min(buf.len() as u64);
                     *remaining -= n;
-                    let data = buf.split_to(n as usize).freeze();
+                    let data = take_data(buf, n as usize);
                     if *remaining == 0 {
                         *chunk = Chunk::DataEnd;
                     }
@@ -599,12 +599,12 @@ fn decode(framing: &mut Framing, buf: &mut BytesMut) -> Result<Step, Error> {
                     *chunk = Chunk::Size;
                 }
                 Chunk::Trailers { read } => {
-                    let Some(line) = take_line(buf)? else { return Ok(Step::More) };
-                    *read += line.len() + 2;
+                    let Some(len) = take_line(buf, |line| Ok(line.len()))? else { return Ok(Step::More) };
+                    *read += len + 2;
                     if *read > MAX_TRAILERS {
                         return Err(Error::Malformed("the trailers are larger than 64 KiB"));
                     }
-                    if line.is_empty() {
+                    if len == 0 {
                         *chunk = Chunk::Done;
                     }
                 }
@@ -615,16 +615,35 @@ fn decode(framing: &mut Framing, buf: &mut BytesMut) -> Result<Step, Error> {
 }
 
 /// Takes one CRLF-terminated line (without the CRLF) from `buf`, bounded by [`MAX_LINE`].
-fn take_line(buf: &mut BytesMut) -> Result<Option<BytesMut>, Error> {
+/// `read` gets the line; it is then dropped from the buffer (advanced past, not split off: see
+/// [`take_data`]).
+fn take_line<T>(buf: &mut BytesMut, read: impl FnOnce(&[u8]) -> Result<T, Error>) -> Result<Option<T>, Error> {
     let Some(end) = buf.iter().take(MAX_LINE + 2).position(|b| *b == b'\n') else {
         return if buf.len() > MAX_LINE + 1 { Err(Error::Malformed("a chunk line is too long")) } else { Ok(None) };
     };
     if end == 0 || buf[end - 1] != b'\r' {
         return Err(Error::Malformed("a chunk line does not end in CRLF"));
     }
-    let mut line = buf.split_to(end + 1);
-    line.truncate(end - 1);
-    Ok(Some(line))
+    let value = read(&buf[..end - 1])?;
+    buf.advance(end + 1);
+    Ok(Some(value))
+}
+
+/// Body bytes at most this long are copied out of the read buffer rather than split off it.
+const COPY_AT_MOST: usize = 1024;
+
+/// The next `n` bytes of `buf` as body data. Splitting a buffer off shares its memory, which
+/// turns it (and every later split) into reference-counted memory: an atomic operation per
+/// piece taken and per piece dropped. A short piece is cheaper copied, which keeps the buffer
+/// plain; a long one is still shared rather than copied.
+fn take_data(buf: &mut BytesMut, n: usize) -> Bytes {
+    if n <= COPY_AT_MOST {
+        let data = Bytes::copy_from_slice(&buf[..n]);
+        buf.advance(n);
+        data
+    } else {
+        buf.split_to(n).freeze()
+    }
 }
 
 /// The size on a chunk-size line: hex digits, then optional extensions after `;`, ignored.

@@ -163,7 +163,7 @@ pub(crate) fn wants_websocket(method: &Method, version: Version, headers: &Heade
 /// The request headers the frontend writes itself, for the encoder to add to the client's
 /// (`h1::Request::new`).
 pub(crate) struct Forwarding<'a> {
-    host: &'a HeaderValue,
+    host: &'a [u8],
     peer: &'a Peer,
     request_id: &'a HeaderValue,
     websocket: bool,
@@ -178,7 +178,7 @@ impl<'a> Forwarding<'a> {
         // forwarded needs one of its own.
         let upgrade = self.websocket.then_some(("connection", b"upgrade".as_slice()));
         let peer = self.peer;
-        [("host", self.host.as_bytes())].into_iter().chain(upgrade).chain([
+        [("host", self.host)].into_iter().chain(upgrade).chain([
             ("x-forwarded-for", peer.forwarded_for.as_bytes()),
             ("x-forwarded-proto", b"http".as_slice()),
             ("forwarded", peer.forwarded.as_bytes()),
@@ -196,7 +196,7 @@ impl<'a> Forwarding<'a> {
 /// Other client headers (`Authorization`, `traceparent`, cookies, …) pass untouched.
 pub(crate) fn prepare_request<'a>(
     headers: &mut HeaderMap,
-    host: &'a HeaderValue,
+    host: &'a [u8],
     peer: &'a Peer,
     request_id: &'a HeaderValue,
     websocket: bool,
@@ -205,13 +205,15 @@ pub(crate) fn prepare_request<'a>(
     Forwarding { host, peer, request_id, websocket }
 }
 
-/// Rewrites an instance's response headers for the client.
-pub(crate) fn prepare_response(headers: &mut HeaderMap, request_id: &HeaderValue, upgrade: bool) {
+/// Rewrites an instance's response headers for the client. The request id is moved in, not
+/// cloned: a clone of a header value is an atomic reference count, and the response is its
+/// last use.
+pub(crate) fn prepare_response(headers: &mut HeaderMap, request_id: HeaderValue, upgrade: bool) {
     strip_hop_by_hop(headers, upgrade);
     if upgrade {
         headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
     }
-    headers.insert(X_RUNNEL_REQUEST_ID, request_id.clone());
+    headers.insert(X_RUNNEL_REQUEST_ID, request_id);
 }
 
 /// Roughly the bytes of a message head on the wire (start line, headers, blank line), for the
@@ -294,7 +296,7 @@ mod tests {
         parts.headers = map(client);
         let peer = Peer::new("::ffff:192.0.2.7".parse().unwrap());
         let (host, id) = (HeaderValue::from_static(authority), HeaderValue::from_static("0123"));
-        let forwarding = prepare_request(&mut parts.headers, &host, &peer, &id, websocket);
+        let forwarding = prepare_request(&mut parts.headers, host.as_bytes(), &peer, &id, websocket);
         let request = h1::Request::new(&parts, forwarding.fields(), Empty::<Bytes>::new());
         let (ours, mut theirs) = UnixStream::pair().unwrap();
         let instance = tokio::spawn(async move {
@@ -400,7 +402,7 @@ mod tests {
     fn every_header_the_frontend_writes_is_one_it_removes_from_the_client() {
         let peer = Peer::new("192.0.2.7".parse().unwrap());
         let value = HeaderValue::from_static("v");
-        let forwarding = Forwarding { host: &value, peer: &peer, request_id: &value, websocket: true };
+        let forwarding = Forwarding { host: value.as_bytes(), peer: &peer, request_id: &value, websocket: true };
         let names: Vec<&str> = forwarding.fields().map(|(name, _)| name).collect();
         assert_eq!(names.len(), 6, "{names:?}");
         for name in names {
@@ -416,7 +418,7 @@ mod tests {
             ("x-runnel-request-id", "forged"),
             ("content-type", "text/event-stream"),
         ]);
-        prepare_response(&mut headers, &HeaderValue::from_static("0123"), false);
+        prepare_response(&mut headers, HeaderValue::from_static("0123"), false);
         assert_eq!(names(&headers), ["content-type", "x-runnel-request-id"]);
         assert_eq!(headers["x-runnel-request-id"], "0123");
     }

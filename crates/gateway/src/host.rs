@@ -4,7 +4,7 @@
 //! strictly: one authority, DNS-name characters or a bracketed IPv6 literal, a numeric port.
 //! Anything else is refused with 400 rather than guessed at. Pure functions, no I/O.
 
-use hyper::header::{HOST, HeaderMap, HeaderValue};
+use hyper::header::{HOST, HeaderMap};
 use hyper::http::Uri;
 
 /// Longest host accepted: the DNS limit for a name.
@@ -25,16 +25,18 @@ pub(crate) enum BadHost {
 ///
 /// For an absolute-form request-target the target's authority wins over `Host`
 /// (RFC 9112 §3.2.2); only its authority is used, never its scheme or userinfo.
-pub(crate) fn requested_authority(uri: &Uri, headers: &HeaderMap) -> Result<HeaderValue, BadHost> {
+/// Borrowed from the request: the caller copies it once, into the request's record
+/// (`record.rs`), which also gives it to the forwarded head.
+pub(crate) fn requested_authority<'r>(uri: &'r Uri, headers: &'r HeaderMap) -> Result<&'r [u8], BadHost> {
     if let Some(authority) = uri.authority() {
-        return HeaderValue::from_str(authority.as_str()).map_err(|_| BadHost::Invalid);
+        return Ok(authority.as_str().as_bytes());
     }
     let mut all = headers.get_all(HOST).iter();
     let first = all.next().ok_or(BadHost::Missing)?;
     if all.next().is_some() {
         return Err(BadHost::Repeated);
     }
-    Ok(first.clone())
+    Ok(first.as_bytes())
 }
 
 /// The bytes a host name may hold (letters, digits, `-`, `.`, `_`), lowercased; 0 for any other.
@@ -116,6 +118,7 @@ pub(crate) fn normalise_host<'b>(raw: &[u8], buf: &'b mut [u8; MAX_HOST]) -> Res
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hyper::header::HeaderValue;
 
     fn norm(raw: &str) -> Result<String, BadHost> {
         let mut buf = [0u8; MAX_HOST];
@@ -214,7 +217,7 @@ mod tests {
         let mut headers = HeaderMap::new();
         assert_eq!(requested_authority(&origin_form, &headers), Err(BadHost::Missing));
         headers.append(HOST, HeaderValue::from_static("a.example.com"));
-        assert_eq!(requested_authority(&origin_form, &headers).unwrap(), "a.example.com");
+        assert_eq!(requested_authority(&origin_form, &headers).unwrap(), b"a.example.com");
         headers.append(HOST, HeaderValue::from_static("b.example.com"));
         assert_eq!(requested_authority(&origin_form, &headers), Err(BadHost::Repeated));
     }
@@ -224,11 +227,11 @@ mod tests {
         let absolute: Uri = "http://Target.example.com:8080/path?q".parse().unwrap();
         let mut headers = HeaderMap::new();
         headers.insert(HOST, HeaderValue::from_static("other.example.com"));
-        assert_eq!(requested_authority(&absolute, &headers).unwrap(), "Target.example.com:8080");
+        assert_eq!(requested_authority(&absolute, &headers).unwrap(), b"Target.example.com:8080");
         // Userinfo in the target is kept in the authority and then refused by normalisation.
         let with_user: Uri = "http://user@target.example.com/".parse().unwrap();
         let raw = requested_authority(&with_user, &headers).unwrap();
         let mut buf = [0u8; MAX_HOST];
-        assert_eq!(normalise_host(raw.as_bytes(), &mut buf), Err(BadHost::Invalid));
+        assert_eq!(normalise_host(raw, &mut buf), Err(BadHost::Invalid));
     }
 }

@@ -32,7 +32,7 @@ mod runtime;
 mod upstream;
 
 pub use contract::{
-    Backend, EgressPlanner, HttpRequest, Invoker, InvokerCheck, Lease, LeaseFuture, Plan, Published, Refusal,
+    Backend, EgressPlanner, Held, HttpRequest, Invoker, InvokerCheck, Lease, LeaseFuture, Plan, Published, Refusal,
     RequestLog, RequestRecord, Route, Router, Unavailable,
 };
 pub use frontend::{Frontend, FrontendConfig};

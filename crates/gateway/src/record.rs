@@ -3,8 +3,9 @@
 //!
 //! The record is written when the response has been fully sent (or abandoned), because only
 //! then are the response size and the latency known — Cloud Logging's `latency` runs until the
-//! response is sent. Strings for the record are built only then; until that point the exchange
-//! holds cheap clones of what the request already had. The record is built and written once per
+//! response is sent. The text the record takes from the request (URL, user agent, client
+//! address) is copied into one buffer when the exchange starts; the rest is appended to it at
+//! the end. The record is built and written once per
 //! request on the frontend's thread, so its text is made by hand (timestamp, numbers, the JSON
 //! line itself) rather than through `fmt` and the `time` crate's formatter, which cost as much as
 //! a good part of the proxying.
@@ -58,11 +59,16 @@ pub(crate) struct Exchange {
     at: SystemTime,
     pub(crate) id: RequestId,
     method: Method,
-    authority: HeaderValue,
-    path: Option<PathAndQuery>,
-    user_agent: Option<HeaderValue>,
-    /// The client's address as text, formatted once per connection.
-    remote: HeaderValue,
+    /// The record's text taken from the request, copied once into one buffer that the rest of
+    /// the record is appended to when it is written: `http://` and the authority (which the
+    /// frontend also forwards as `Host`), the path, the user agent, the client's address.
+    /// Keeping the request's own values instead (shared buffers) cost an atomic reference
+    /// count update for each, twice per request.
+    text: String,
+    authority: std::ops::Range<usize>,
+    url: std::ops::Range<usize>,
+    user_agent: std::ops::Range<usize>,
+    remote: std::ops::Range<usize>,
     version: Version,
     request_head: u64,
     /// Request body bytes read so far, shared with the body on its way to the instance.
@@ -71,21 +77,36 @@ pub(crate) struct Exchange {
     pub(crate) response_head: u64,
 }
 
+/// What [`Exchange::finish`] appends to the text: a timestamp, two sizes and a latency.
+const FINISH_TEXT: usize = 96;
+
 impl Exchange {
+    /// `authority` is the one the request was routed by, so it is a valid host (ASCII).
     pub(crate) fn new<B>(
         log: Arc<dyn RequestLog>,
         route: Arc<Route>,
         started: Instant,
         id: RequestId,
         request: &Request<B>,
-        authority: HeaderValue,
+        authority: &[u8],
         peer: &Peer,
     ) -> Exchange {
         let uri = request.uri();
+        let path = uri.path_and_query().map_or("/", PathAndQuery::as_str);
         let target = uri.path_and_query().map_or(1, |p| p.as_str().len())
             + uri.authority().map_or(0, |a| a.as_str().len() + uri.scheme_str().map_or(0, |s| s.len() + 3));
         // Method, target and `HTTP/1.1` with the two spaces between them.
         let start_line = request.method().as_str().len() + target + 10;
+        let user_agent = request.headers().get(USER_AGENT).map_or(&[][..], HeaderValue::as_bytes);
+        let remote = peer.ip_text().as_bytes();
+        let mut text =
+            String::with_capacity(7 + authority.len() + path.len() + user_agent.len() + remote.len() + FINISH_TEXT);
+        text.push_str("http://");
+        let authority = push_range(&mut text, &text_of(authority));
+        text.push_str(path);
+        let url = 0..text.len();
+        let user_agent = push_range(&mut text, &text_of(user_agent));
+        let remote = push_range(&mut text, &text_of(remote));
         Exchange {
             log,
             route,
@@ -94,10 +115,11 @@ impl Exchange {
             at: SystemTime::now(),
             id,
             method: request.method().clone(),
+            text,
             authority,
-            path: uri.path_and_query().cloned(),
-            user_agent: request.headers().get(USER_AGENT).cloned(),
-            remote: peer.ip_text().clone(),
+            url,
+            user_agent,
+            remote,
             version: request.version(),
             request_head: head_size(start_line, request.headers()),
             request_body: None,
@@ -111,29 +133,24 @@ impl Exchange {
     }
 
     pub(crate) fn instance(&self) -> &str {
-        self.lease.as_ref().map_or("", |l| &*l.instance)
+        self.lease.as_ref().map_or("", Lease::instance)
+    }
+
+    /// The authority the client asked for, as it is forwarded in `Host`.
+    pub(crate) fn authority(&self) -> &[u8] {
+        self.text.as_bytes().get(self.authority.clone()).unwrap_or_default()
     }
 
     /// Writes the request-log record and releases the lease.
-    pub(crate) fn finish(self, request_body: u64, response_body: u64) {
+    pub(crate) fn finish(mut self, request_body: u64, response_body: u64) {
         let latency = self.started.elapsed();
         let request_body = self.request_body.as_ref().map_or(request_body, |n| n.load(Ordering::Relaxed));
-        let path = self.path.as_ref().map_or("/", PathAndQuery::as_str);
-        let authority = text_of(self.authority.as_bytes());
-        // The text the record does not find in the request, made in one buffer it borrows.
-        let mut made = String::with_capacity(96 + authority.len() + path.len());
-        push_rfc3339(&mut made, self.at);
-        let timestamp = 0..made.len();
-        made.push_str("http://");
-        made.push_str(&authority);
-        made.push_str(path);
-        let url = timestamp.end..made.len();
-        push_decimal(&mut made, self.request_head + request_body);
-        let request_size = url.end..made.len();
-        push_decimal(&mut made, self.response_head + response_body);
-        let response_size = request_size.end..made.len();
-        push_latency(&mut made, latency);
-        let latency = response_size.end..made.len();
+        // The rest of the record's text, appended to what the request gave.
+        let mut made = std::mem::take(&mut self.text);
+        let timestamp = push_with(&mut made, |t| push_rfc3339(t, self.at));
+        let request_size = push_with(&mut made, |t| push_decimal(t, self.request_head + request_body));
+        let response_size = push_with(&mut made, |t| push_decimal(t, self.response_head + response_body));
+        let latency = push_with(&mut made, |t| push_latency(t, latency));
         let text = |range: std::ops::Range<usize>| Cow::Borrowed(made.get(range).unwrap_or_default());
         let record = RequestRecord {
             timestamp: text(timestamp),
@@ -144,12 +161,12 @@ impl Exchange {
             instance: Cow::Borrowed(self.instance()),
             http_request: HttpRequest {
                 request_method: Cow::Borrowed(self.method.as_str()),
-                request_url: text(url),
+                request_url: text(self.url.clone()),
                 request_size: text(request_size),
                 status: self.status,
                 response_size: text(response_size),
-                user_agent: self.user_agent.as_ref().map_or(Cow::Borrowed(""), |v| text_of(v.as_bytes())),
-                remote_ip: text_of(self.remote.as_bytes()),
+                user_agent: text(self.user_agent.clone()),
+                remote_ip: text(self.remote.clone()),
                 latency: text(latency),
                 protocol: Cow::Borrowed(protocol(self.version)),
             },
@@ -158,6 +175,20 @@ impl Exchange {
         // `self.lease` drops here, after the record: the slot is free only once the request
         // is accounted for.
     }
+}
+
+/// Appends `part` to `text`, returning where it is.
+fn push_range(text: &mut String, part: &str) -> std::ops::Range<usize> {
+    let start = text.len();
+    text.push_str(part);
+    start..text.len()
+}
+
+/// Appends what `write` writes to `text`, returning where it is.
+fn push_with(text: &mut String, write: impl FnOnce(&mut String)) -> std::ops::Range<usize> {
+    let start = text.len();
+    write(text);
+    start..text.len()
 }
 
 /// A header's bytes as text: borrowed when they are UTF-8 (`from_utf8` checks ASCII quickly,

@@ -169,8 +169,8 @@ impl Instances {
         let tick = now.saturating_duration_since(self.epoch).as_secs();
         {
             let known = self.known.read().unwrap_or_else(PoisonError::into_inner);
-            if let Some(known) = known.get(&*lease.instance)
-                && known.is_at(&lease.channel_dir)
+            if let Some(known) = known.get(lease.instance())
+                && known.is_at(lease.channel_dir())
             {
                 known.last_used.store(tick, Ordering::Relaxed);
                 return known.clone();
@@ -178,8 +178,8 @@ impl Instances {
         }
         let mut map = self.known.write().unwrap_or_else(PoisonError::into_inner);
         // Another request may have registered the same lease meanwhile; use its entry.
-        if let Some(known) = map.get(&*lease.instance)
-            && known.is_at(&lease.channel_dir)
+        if let Some(known) = map.get(lease.instance())
+            && known.is_at(lease.channel_dir())
         {
             return known.clone();
         }
@@ -188,11 +188,11 @@ impl Instances {
             map.retain(|_, known| known.last_used.load(Ordering::Relaxed) > stale);
         }
         let known = Arc::new(Known {
-            channel_dir: lease.channel_dir.clone(),
+            channel_dir: lease.channel_dir().clone(),
             last_used: AtomicU64::new(tick),
             idle: Mutex::new(Vec::new()),
         });
-        map.insert(lease.instance.to_string(), known.clone());
+        map.insert(lease.instance().to_string(), known.clone());
         known
     }
 
@@ -441,8 +441,20 @@ impl AsyncWrite for InstanceStream {
 mod tests {
     use super::*;
 
+    struct Held(String, Arc<Path>);
+
+    impl crate::contract::Held for Held {
+        fn instance(&self) -> &str {
+            &self.0
+        }
+
+        fn channel_dir(&self) -> &Arc<Path> {
+            &self.1
+        }
+    }
+
     fn lease(instance: &str, dir: &str) -> Lease {
-        Lease { instance: instance.into(), channel_dir: Path::new(dir).into(), guard: Box::new(()) }
+        Lease(Box::new(Held(instance.into(), Path::new(dir).into())))
     }
 
     fn config() -> PoolConfig {

@@ -94,6 +94,8 @@ pub struct Instance {
     in_flight: AtomicU32,
     ready: AtomicBool,
     last_lines: Mutex<VecDeque<String>>,
+    /// Its pool's, woken when one of its slots is released.
+    waiters: Arc<Waiters>,
 }
 
 impl Instance {
@@ -127,13 +129,44 @@ pub enum Unavailable {
 /// A request slot on an instance; released on drop.
 pub struct Slot {
     pub instance: Arc<Instance>,
-    pool: Arc<Pool>,
+}
+
+/// How requests waiting for a slot are woken; shared by a pool and its instances, so that a
+/// slot reaches it through its instance (one reference per request, not two).
+struct Waiters {
+    /// Notified when a slot frees up or an instance becomes ready or goes.
+    changed: Notify,
+    /// Requests waiting for `changed` (queued, or for a first ready instance); a released slot
+    /// notifies only when there are any.
+    sleepers: AtomicUsize,
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.instance.in_flight.fetch_sub(1, Ordering::AcqRel);
-        self.pool.changed.notify_waiters();
+        // Sequentially consistent with the waiter's side (`Pool::acquire`): either this sees a
+        // sleeper and wakes it, or the sleeper's next look at the slots sees this one free.
+        // Nobody waiting is the usual case, and waking nobody still took a lock.
+        self.instance.in_flight.fetch_sub(1, Ordering::SeqCst);
+        if self.instance.waiters.sleepers.load(Ordering::SeqCst) > 0 {
+            self.instance.waiters.changed.notify_waiters();
+        }
+    }
+}
+
+/// Counts one in an atomic counter while it lives: a waiting request that is given up (its
+/// deadline passed, its client left) is uncounted too.
+struct Counted<'a>(&'a AtomicUsize);
+
+impl<'a> Counted<'a> {
+    fn new(counter: &'a AtomicUsize) -> Counted<'a> {
+        counter.fetch_add(1, Ordering::SeqCst);
+        Counted(counter)
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -141,7 +174,8 @@ pub struct Pool {
     pub launch: Launch,
     host: Arc<Host>,
     instances: Mutex<Vec<Arc<Instance>>>,
-    changed: Notify,
+    waiters: Arc<Waiters>,
+    /// Requests in the queue for a busy revision (bounded; beyond it, `Busy`).
     waiting: AtomicUsize,
     stopping: watch::Sender<bool>,
     ever_ready: AtomicBool,
@@ -179,7 +213,7 @@ impl Pool {
             launch,
             host,
             instances: Mutex::new(Vec::new()),
-            changed: Notify::new(),
+            waiters: Arc::new(Waiters { changed: Notify::new(), sleepers: AtomicUsize::new(0) }),
             waiting: AtomicUsize::new(0),
             stopping: watch::channel(false).0,
             ever_ready: AtomicBool::new(false),
@@ -212,6 +246,7 @@ impl Pool {
             in_flight: AtomicU32::new(0),
             ready: AtomicBool::new(false),
             last_lines: Mutex::new(VecDeque::new()),
+            waiters: self.waiters.clone(),
         });
         if let Ok(mut list) = self.instances.lock() {
             list.push(instance.clone());
@@ -229,19 +264,19 @@ impl Pool {
             let list = self.instances.lock().map_err(|_| ())?;
             let mut best: Option<&Arc<Instance>> = None;
             for inst in list.iter().filter(|i| i.ready.load(Ordering::Acquire)) {
-                if inst.in_flight.load(Ordering::Acquire) < concurrency
-                    && best.is_none_or(|b| inst.in_flight.load(Ordering::Acquire) < b.in_flight.load(Ordering::Acquire))
+                if inst.in_flight.load(Ordering::SeqCst) < concurrency
+                    && best.is_none_or(|b| inst.in_flight.load(Ordering::SeqCst) < b.in_flight.load(Ordering::SeqCst))
                 {
                     best = Some(inst);
                 }
             }
             if let Some(inst) = best {
                 // Claim the slot; another request may have taken it in between.
-                let prev = inst.in_flight.fetch_add(1, Ordering::AcqRel);
+                let prev = inst.in_flight.fetch_add(1, Ordering::SeqCst);
                 if prev < concurrency {
-                    return Ok(Some(Slot { instance: inst.clone(), pool: self.clone() }));
+                    return Ok(Some(Slot { instance: inst.clone() }));
                 }
-                inst.in_flight.fetch_sub(1, Ordering::AcqRel);
+                inst.in_flight.fetch_sub(1, Ordering::SeqCst);
                 return Ok(None);
             }
             let starting = list.iter().filter(|i| !i.ready.load(Ordering::Acquire)).count();
@@ -256,41 +291,46 @@ impl Pool {
 
     /// A request slot, waiting within the bounds described at the top of this module.
     pub async fn acquire(self: &Arc<Self>) -> Result<Slot, Unavailable> {
+        // A free slot needs no waiting, so no registration with `changed` (a lock to enter its
+        // list and another to leave it).
+        match self.try_take() {
+            Ok(Some(slot)) => return Ok(slot),
+            Ok(None) => {}
+            Err(()) => return Err(Unavailable::NoInstance),
+        }
         let start = Instant::now();
         let busy_bound = BUSY_WAIT.min(self.launch.timeout);
         let cold_bound = self.launch.startup_deadline.min(self.launch.timeout);
         let queue_limit = (self.launch.concurrency as usize).max(10);
-        let mut queued = false;
-        let outcome = loop {
-            let notified = self.changed.notified();
+        // Counted before the first look at the slots below, so that a slot released after that
+        // look sees a sleeper and notifies.
+        let _sleeping = Counted::new(&self.waiters.sleepers);
+        let mut queued = None;
+        loop {
+            let notified = self.waiters.changed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             match self.try_take() {
-                Ok(Some(slot)) => break Ok(slot),
+                Ok(Some(slot)) => return Ok(slot),
                 Ok(None) => {}
-                Err(()) => break Err(Unavailable::NoInstance),
+                Err(()) => return Err(Unavailable::NoInstance),
             }
             let any_ready = self.counts().1 > 0;
             let bound = if any_ready { busy_bound } else { cold_bound };
-            if any_ready && !queued {
+            if any_ready && queued.is_none() {
                 if self.waiting.load(Ordering::Acquire) >= queue_limit {
-                    break Err(Unavailable::Busy);
+                    return Err(Unavailable::Busy);
                 }
-                self.waiting.fetch_add(1, Ordering::AcqRel);
-                queued = true;
+                queued = Some(Counted::new(&self.waiting));
             }
             let Some(left) = bound.checked_sub(start.elapsed()) else {
-                break Err(if any_ready { Unavailable::Busy } else { Unavailable::NoInstance });
+                return Err(if any_ready { Unavailable::Busy } else { Unavailable::NoInstance });
             };
             tokio::select! {
                 _ = &mut notified => {}
                 _ = tokio::time::sleep(left.min(Duration::from_millis(250))) => {}
             }
-        };
-        if queued {
-            self.waiting.fetch_sub(1, Ordering::AcqRel);
         }
-        outcome
     }
 
     /// Stops serving: each instance finishes its in-flight requests (bounded by the request
@@ -302,7 +342,7 @@ impl Pool {
             if self.instances.lock().map(|l| l.is_empty()).unwrap_or(true) {
                 return;
             }
-            let notified = self.changed.notified();
+            let notified = self.waiters.changed.notified();
             tokio::select! {
                 _ = notified => {}
                 _ = tokio::time::sleep(Duration::from_millis(100)) => {}
@@ -314,7 +354,7 @@ impl Pool {
         if let Ok(mut list) = self.instances.lock() {
             list.retain(|i| !Arc::ptr_eq(i, instance));
         }
-        self.changed.notify_waiters();
+        self.waiters.changed.notify_waiters();
     }
 
     fn report(&self, event: Event) {
@@ -483,12 +523,12 @@ async fn supervise(pool: Arc<Pool>, instance: Arc<Instance>) {
             Probe::Ready => {
                 instance.ready.store(true, Ordering::Release);
                 pool.ever_ready.store(true, Ordering::Release);
-                pool.changed.notify_waiters();
+                pool.waiters.changed.notify_waiters();
                 pool.report(Event::Ready(key.clone()));
                 tokio::select! {
                     status = child.wait() => {
                         instance.ready.store(false, Ordering::Release);
-                        pool.changed.notify_waiters();
+                        pool.waiters.changed.notify_waiters();
                         let status = status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
                         Some(format!("instance {} of revision `{}` exited ({status})", instance.id, key.revision))
                     }

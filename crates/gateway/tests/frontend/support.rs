@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -20,7 +20,7 @@ use hyper::body::{Body, Frame, Incoming};
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use runnel_gateway::{
-    Backend, Frontend, FrontendConfig, Lease, LeaseFuture, RequestLog, RequestRecord, Route, Router, Unavailable,
+    Backend, Frontend, FrontendConfig, Held, Lease, LeaseFuture, RequestLog, RequestRecord, Route, Router, Unavailable,
 };
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
@@ -223,11 +223,25 @@ impl FakeBackend {
     }
 }
 
-struct LeaseGuard(Arc<AtomicUsize>);
+struct LeaseGuard {
+    outstanding: Arc<AtomicUsize>,
+    instance: String,
+    channel_dir: Arc<Path>,
+}
+
+impl Held for LeaseGuard {
+    fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    fn channel_dir(&self) -> &Arc<Path> {
+        &self.channel_dir
+    }
+}
 
 impl Drop for LeaseGuard {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
+        self.outstanding.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -241,11 +255,11 @@ impl Backend for FakeBackend {
                 Mode::NoInstance => Err(Unavailable::NoInstance),
                 Mode::Serve => {
                     self.outstanding.fetch_add(1, Ordering::SeqCst);
-                    Ok(Lease {
-                        instance: self.instance.as_str().into(),
+                    Ok(Lease(Box::new(LeaseGuard {
+                        outstanding: self.outstanding.clone(),
+                        instance: self.instance.clone(),
                         channel_dir: self.channel_dir.as_path().into(),
-                        guard: Box::new(LeaseGuard(self.outstanding.clone())),
-                    })
+                    })))
                 }
             }
         })
