@@ -53,6 +53,8 @@ struct Streaming {
     /// ready at once never touch the timer.
     timer: Option<Pin<Box<Sleep>>>,
     sent: u64,
+    /// A frame has been sent: the clock is checked from the next one on (see `poll_frame`).
+    past_first: bool,
     exchange: Option<Exchange>,
     /// Where the upstream connection goes back to when the body has ended cleanly.
     home: Option<Home>,
@@ -62,7 +64,7 @@ impl ResponseBody {
     /// A body of `kind` that ends with `exchange` (if any), with no deadline and no connection
     /// to give back: everything but an instance's answer.
     fn new(kind: Kind, exchange: Option<Exchange>) -> ResponseBody {
-        ResponseBody(Box::new(Streaming { kind, deadline: None, timer: None, sent: 0, exchange, home: None }))
+        ResponseBody(Box::new(Streaming { kind, deadline: None, timer: None, sent: 0, past_first: false, exchange, home: None }))
     }
 
     pub(crate) fn empty() -> ResponseBody {
@@ -104,15 +106,17 @@ impl ResponseBody {
 impl Streaming {
     fn finish(&mut self) {
         self.timer = None;
+        // One clock read for both: when the connection went idle and the request's latency.
+        let now = std::time::Instant::now();
         // The body knows whether its exchange ended cleanly, including a body hyper never
         // polled because it was empty from the start (a HEAD response, a 204).
         if let (Some(home), Kind::Upstream(body)) = (self.home.take(), &mut self.kind)
             && let Some(conn) = body.take_reusable()
         {
-            home.give_back(conn);
+            home.give_back(conn, now);
         }
         if let Some(exchange) = self.exchange.take() {
-            exchange.finish(0, self.sent);
+            exchange.finish_at(now, 0, self.sent);
         }
     }
 
@@ -143,12 +147,16 @@ impl Body for ResponseBody {
         match polled {
             Poll::Ready(Some(Ok(frame))) => {
                 // A body that is always ready never waits on the timer, so the clock is also
-                // checked per frame.
-                if let Some(deadline) = this.deadline
+                // checked per frame, from the second on: the first follows the head, whose wait
+                // the deadline bounded (most responses are that one frame), and a body that
+                // waited for it had the timer running.
+                if this.past_first
+                    && let Some(deadline) = this.deadline
                     && Instant::now() >= deadline
                 {
                     return this.cut();
                 }
+                this.past_first = true;
                 if let Some(data) = frame.data_ref() {
                     this.sent += data.len() as u64;
                 }

@@ -142,8 +142,13 @@ impl Exchange {
     }
 
     /// Writes the request-log record and releases the lease.
-    pub(crate) fn finish(mut self, request_body: u64, response_body: u64) {
-        let latency = self.started.elapsed();
+    pub(crate) fn finish(self, request_body: u64, response_body: u64) {
+        self.finish_at(Instant::now(), request_body, response_body);
+    }
+
+    /// [`Exchange::finish`] for a request that ended at `now`.
+    pub(crate) fn finish_at(mut self, now: Instant, request_body: u64, response_body: u64) {
+        let latency = now.saturating_duration_since(self.started);
         let request_body = self.request_body.as_ref().map_or(request_body, |n| n.load(Ordering::Relaxed));
         // The rest of the record's text, appended to what the request gave.
         let mut made = std::mem::take(&mut self.text);

@@ -110,11 +110,12 @@ pub(crate) struct Home {
 
 impl Home {
     /// Returns a connection for the next request, unless the stack is full. Only a connection
-    /// whose exchange ended cleanly comes here ([`h1::Body::take_reusable`]).
-    pub(crate) fn give_back(self, conn: Conn) {
+    /// whose exchange ended cleanly comes here ([`h1::Body::take_reusable`]). `now` is when
+    /// the exchange ended: the request's record reads the same clock.
+    pub(crate) fn give_back(self, conn: Conn, now: Instant) {
         let mut idle = self.known.idle();
         if idle.len() < self.max_idle {
-            idle.push(Idle { conn, since: Instant::now() });
+            idle.push(Idle { conn, since: now });
         }
     }
 }
