@@ -64,7 +64,15 @@ impl ResponseBody {
     /// A body of `kind` that ends with `exchange` (if any), with no deadline and no connection
     /// to give back: everything but an instance's answer.
     fn new(kind: Kind, exchange: Option<Exchange>) -> ResponseBody {
-        ResponseBody(Box::new(Streaming { kind, deadline: None, timer: None, sent: 0, past_first: false, exchange, home: None }))
+        ResponseBody(Box::new(Streaming {
+            kind,
+            deadline: None,
+            timer: None,
+            sent: 0,
+            past_first: false,
+            exchange,
+            home: None,
+        }))
     }
 
     pub(crate) fn empty() -> ResponseBody {
