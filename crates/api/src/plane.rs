@@ -36,10 +36,10 @@ pub struct ControlPlane {
     pub(crate) settings: Settings,
     /// Whether instances run: then a revision is ready only when the runtime reports so.
     pub(crate) runtime: bool,
-    /// Counts committed writes, so the daemon's reconciler wakes on every change.
+    /// Wakes the daemon's reconciler on every commit; it carries `committed`'s count.
     pub(crate) changes: tokio::sync::watch::Sender<u64>,
-    /// The change counter, also as a plain atomic: the frontend reads it on every request, and
-    /// reading the `watch` takes its lock (two atomic operations) each time.
+    /// Counts committed writes. A plain atomic beside the `watch`, because the frontend reads it
+    /// on every request and reading a `watch` takes its lock (two atomic operations).
     committed: std::sync::atomic::AtomicU64,
     pub(crate) logs: Option<Arc<dyn LogReader>>,
     pub(crate) tokens: Option<Arc<dyn TokenIssuer>>,
@@ -312,8 +312,8 @@ impl ControlPlane {
         txn.commit()?;
         // The counter first: whoever sees the `watch` move, or is told the write succeeded,
         // then reads the new count.
-        self.committed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        self.changes.send_modify(|n| *n = n.wrapping_add(1));
+        let count = self.committed.fetch_add(1, std::sync::atomic::Ordering::SeqCst).wrapping_add(1);
+        self.changes.send_replace(count);
         Ok(out)
     }
 

@@ -44,15 +44,15 @@ impl Backend for PoolBackend {
                 runnel_runtime::pool::Unavailable::Busy => Unavailable::Busy,
                 runnel_runtime::pool::Unavailable::NoInstance => Unavailable::NoInstance,
             })?;
-            Ok(Lease(Box::new(Held(slot))))
+            Ok(Lease(Box::new(HeldSlot(slot))))
         })
     }
 }
 
 /// A pool's slot as the frontend holds it.
-struct Held(runnel_runtime::pool::Slot);
+struct HeldSlot(runnel_runtime::pool::Slot);
 
-impl runnel_gateway::Held for Held {
+impl runnel_gateway::Held for HeldSlot {
     fn instance(&self) -> &str {
         &self.0.instance.id
     }

@@ -5,10 +5,9 @@
 //! then are the response size and the latency known — Cloud Logging's `latency` runs until the
 //! response is sent. The text the record takes from the request (URL, user agent, client
 //! address) is copied into one buffer when the exchange starts; the rest is appended to it at
-//! the end. The record is built and written once per
-//! request on the frontend's thread, so its text is made by hand (timestamp, numbers, the JSON
-//! line itself) rather than through `fmt` and the `time` crate's formatter, which cost as much as
-//! a good part of the proxying.
+//! the end. The record is built and written once per request on the frontend's thread, so its
+//! text is made by hand (timestamp, numbers, the JSON line itself) rather than through `fmt` and
+//! the `time` crate's formatter, which cost as much as a good part of the proxying.
 
 use std::borrow::Cow;
 use std::sync::Arc;
