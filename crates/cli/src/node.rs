@@ -43,6 +43,7 @@ impl Backend for PoolBackend {
             let slot = self.0.acquire().await.map_err(|e| match e {
                 runnel_runtime::pool::Unavailable::Busy => Unavailable::Busy,
                 runnel_runtime::pool::Unavailable::NoInstance => Unavailable::NoInstance,
+                runnel_runtime::pool::Unavailable::Retired => Unavailable::Retired,
             })?;
             Ok(Lease(Box::new(HeldSlot(slot))))
         })
@@ -239,12 +240,14 @@ impl Node {
                 }
             }
         }
-        // Stop what should no longer run; start what should.
+        // Start what should run; what should no longer run stops once the new table is
+        // published, so that no request is routed to a pool that has begun to drain (one that
+        // was routed just before still gets `Retired` and is routed again).
+        let mut retired = Vec::new();
         pools.retain(|key, pool| {
             let keep = want.get(key).is_some_and(|l| *l == pool.launch);
             if !keep {
-                let p = pool.clone();
-                tokio::spawn(async move { p.stop().await });
+                retired.push(pool.clone());
             }
             keep
         });
@@ -272,6 +275,9 @@ impl Node {
         }
         if let Ok(mut t) = self.routes.table.write() {
             *t = Arc::new(table);
+        }
+        for pool in retired {
+            tokio::spawn(async move { pool.stop().await });
         }
         for (region, service) in services.difference(&now_services) {
             self.logs.forget(region, service);

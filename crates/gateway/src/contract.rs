@@ -59,6 +59,9 @@ pub enum Unavailable {
     Busy,
     /// No instance became ready within the wait bound: 503.
     NoInstance,
+    /// The revision stopped serving (a deploy moved the service's traffic on) before a slot
+    /// was had; the frontend routes the request again.
+    Retired,
 }
 
 /// A slot on one instance, and which instance it is on: held while the request is in flight,

@@ -29,8 +29,8 @@ use tokio::task::JoinSet;
 use tokio::time::timeout_at;
 
 use crate::body::{RequestBody, ResponseBody};
-use crate::contract::{RequestLog, Router, Unavailable};
-use crate::deadline::{Slot, Watch, WatchTimer, Watcher, until};
+use crate::contract::{Lease, RequestLog, Router, Unavailable};
+use crate::deadline::{Elapsed, Slot, Watch, WatchTimer, Watcher, until};
 use crate::headers::{self, Peer, X_RUNNEL_REQUEST_ID};
 use crate::host::{self, MAX_HOST};
 use runnel_policy::ingress;
@@ -86,6 +86,9 @@ pub struct Frontend {
 
 /// Longest request timeout honoured, so that deadline arithmetic cannot overflow.
 const FAR_FUTURE: Duration = Duration::from_secs(365 * 24 * 3600);
+/// How many times one request follows its service's traffic to a newer revision (see
+/// `Frontend::acquire_rerouted`); deploys do not come faster than a request waits.
+const MAX_REROUTES: usize = 3;
 
 impl Frontend {
     pub fn new(router: Arc<dyn Router>, log: Arc<dyn RequestLog>, config: FrontendConfig) -> Frontend {
@@ -204,14 +207,14 @@ impl Frontend {
             }
         };
         let mut buf = [0u8; MAX_HOST];
-        let route = match host::normalise_host(authority, &mut buf) {
-            Ok(host) => self.router.route(host),
+        let host = match host::normalise_host(authority, &mut buf) {
+            Ok(host) => host,
             Err(why) => {
                 tracing::debug!(reason = ?why, request_id = id.as_str(), "request without a routable host");
                 return page_response(pages::BAD_HOST, &id_header, None);
             }
         };
-        let Some(route) = route else {
+        let Some(route) = self.router.route(host) else {
             return page_response(pages::NOT_FOUND, &id_header, None);
         };
         // Ingress decides before any instance is involved; a refusal is a bare 404, as on Cloud
@@ -287,10 +290,16 @@ impl Frontend {
             }
         }
 
-        let lease = match until(deadline, peer.watch(), Slot::Request, route.backend.acquire()).await {
+        let acquired = match until(deadline, peer.watch(), Slot::Request, route.backend.acquire()).await {
+            Ok(Err(Unavailable::Retired)) => self.acquire_rerouted(host, &mut exchange, deadline, peer).await,
+            acquired => acquired,
+        };
+        let lease = match acquired {
             Ok(Ok(lease)) => lease,
             Ok(Err(Unavailable::Busy)) => return page_response(pages::RATE_EXCEEDED, &id_header, Some(exchange)),
-            Ok(Err(Unavailable::NoInstance)) => return page_response(pages::NO_INSTANCE, &id_header, Some(exchange)),
+            Ok(Err(Unavailable::NoInstance | Unavailable::Retired)) => {
+                return page_response(pages::NO_INSTANCE, &id_header, Some(exchange));
+            }
             Err(_) => return self.timed_out(exchange, &id_header, "waiting for an instance slot"),
         };
         let instance = self.instances.instance(&lease, started);
@@ -337,6 +346,39 @@ impl Frontend {
         exchange.status = parts.status.as_u16();
         exchange.response_head = response_head_size(&parts.status, &parts.headers);
         Response::from_parts(parts, ResponseBody::upstream(body, deadline, exchange, home))
+    }
+
+    /// A slot for a request whose revision stopped serving between its routing and its
+    /// acquire: a deploy moved the service's traffic on. The request was admitted under the
+    /// settings in force when it arrived, so it goes where the service's traffic goes now, as it
+    /// would have had it come a moment earlier and been served by the old revision. Bounded:
+    /// each step needs the route table to have moved on again.
+    async fn acquire_rerouted(
+        &self,
+        host: &str,
+        exchange: &mut Exchange,
+        deadline: tokio::time::Instant,
+        peer: &Peer,
+    ) -> Result<Result<Lease, Unavailable>, Elapsed> {
+        let mut retired = exchange.route_arc().backend.clone();
+        for _ in 0..MAX_REROUTES {
+            let Some(next) = self.router.route(host).filter(|next| !Arc::ptr_eq(&next.backend, &retired)) else {
+                break;
+            };
+            tracing::debug!(
+                request_id = exchange.id.as_str(),
+                from = exchange.route().revision.as_str(),
+                to = next.revision.as_str(),
+                "the revision stopped serving while the request waited; routed again"
+            );
+            let backend = next.backend.clone();
+            exchange.reroute(next);
+            match until(deadline, peer.watch(), Slot::Request, backend.acquire()).await {
+                Ok(Err(Unavailable::Retired)) => retired = backend,
+                acquired => return acquired,
+            }
+        }
+        Ok(Err(Unavailable::Retired))
     }
 
     fn timed_out(&self, exchange: Exchange, id: &HeaderValue, waiting_for: &str) -> Response<ResponseBody> {

@@ -5,7 +5,8 @@
 //! that finds every ready instance full waits in a bounded queue (and a new instance starts if
 //! `max_instances` allows), then gets `Busy` (429); a request that finds no ready instance at
 //! all waits up to the startup deadline (bounded by the request timeout), then gets
-//! `NoInstance` (503). Nothing waits without a bound.
+//! `NoInstance` (503). Nothing waits without a bound. A request that waits on a pool whose
+//! revision stops serving gets `Retired` at once, to be routed again.
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -124,6 +125,9 @@ impl Instance {
 pub enum Unavailable {
     Busy,
     NoInstance,
+    /// The pool is stopping: its revision no longer serves, and no slot of it will free up
+    /// for a new request. The caller routes the request to whatever serves now.
+    Retired,
 }
 
 /// A request slot on an instance; released on drop.
@@ -315,6 +319,12 @@ impl Pool {
                 Ok(None) => {}
                 Err(()) => return Err(Unavailable::NoInstance),
             }
+            // Checked after `notified` is enabled: `stop` notifies once it has set the flag,
+            // so a request waiting here sees it, rather than waiting out the cold-start bound
+            // on instances that will only drain.
+            if *self.stopping.borrow() {
+                return Err(Unavailable::Retired);
+            }
             let any_ready = self.counts().1 > 0;
             let bound = if any_ready { busy_bound } else { cold_bound };
             if any_ready && queued.is_none() {
@@ -337,6 +347,7 @@ impl Pool {
     /// timeout), gets SIGTERM, and SIGKILL after 10 s. Returns when all are gone.
     pub async fn stop(&self) {
         let _ = self.stopping.send(true);
+        self.waiters.changed.notify_waiters();
         let deadline = Instant::now() + self.launch.timeout + STOP_GRACE + Duration::from_secs(5);
         while Instant::now() < deadline {
             if self.instances.lock().map(|l| l.is_empty()).unwrap_or(true) {

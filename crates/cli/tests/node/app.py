@@ -5,8 +5,9 @@ platform promises an instance (contract, isolation, crashes, slowness, streaming
 
 MARKER is put in argv so that the tests find this process on the host. MODE is `serve`
 (default), `exit` (fails at start), `hang` (never listens) or `stubborn` (ignores SIGTERM).
-While a file named `hold` exists next to this script, the app waits before it listens: the
-tests use it to keep a restarting instance from becoming ready.
+While a file named `hold` (or `$APP_HOLD`) exists next to this script, the app waits before it
+listens: the tests use it to keep a restarting instance from becoming ready, and `APP_HOLD` to
+let another revision start meanwhile.
 """
 
 import hashlib
@@ -43,7 +44,7 @@ if MODE == "hang":
 if MODE == "stubborn":
     signal.signal(signal.SIGTERM, lambda *_: say(f"{MARKER} ignores SIGTERM"))
 
-while os.path.exists(os.path.join(HERE, "hold")):
+while os.path.exists(os.path.join(HERE, os.environ.get("APP_HOLD", "hold"))):
     time.sleep(0.05)
 
 releases = {}

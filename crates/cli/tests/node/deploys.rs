@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::harness::{REGION, Start, Svc, World, last, processes_with, unique, wait_for_processes, wait_until_dead};
+use crate::harness::{
+    REGION, Start, Svc, World, eventually, last, processes_with, unique, wait_for_processes, wait_until_dead,
+};
 use crate::http::{self, Conn};
 
 fn full_revision(service: &str, revision: &str) -> String {
@@ -201,4 +203,47 @@ fn a_good_revision_replaces_the_old_one_without_a_failed_request() {
             "client {n} did not switch once from v1 to v2: {versions:?}"
         );
     }
+}
+
+/// A request that waits on a revision for an instance (here: one restarting after a crash, held
+/// from listening) is served by the revision that replaces it, as soon as that one is ready: the
+/// old revision's pool refuses it the moment it stops, and the frontend routes it again. It
+/// used to wait out the startup deadline on a pool that would only drain, then get 503.
+#[test]
+fn a_request_waiting_on_a_replaced_revision_is_served_by_the_new_one() {
+    const STARTUP: u64 = 25;
+    let world = World::new();
+    let daemon = world.start(&Start { startup_deadline: Some(STARTUP), ..Start::default() });
+    let v1_marker = unique("relay-v1");
+    world.deploy("relay", &v1_marker, &["--max-instances=1", "--set-env-vars=APP_VERSION=v1"]);
+    let svc = world.service("relay");
+    assert_eq!(http::get(daemon.frontend, &svc.authority, "/").ok_json()["version"], "v1");
+
+    // v1's only instance crashes and its restart is held: it will not listen again.
+    std::fs::write(world.hold_path(), b"").expect("create the hold file");
+    assert_eq!(http::get(daemon.frontend, &svc.authority, "/crash").status, 502);
+    eventually("v1 reports the crash", Duration::from_secs(5), || {
+        let revision = world.describe_revision(&svc.revision);
+        let conditions = revision["conditions"].as_array().cloned().unwrap_or_default();
+        conditions.iter().any(|c| c["type"] == "ContainerHealthy" && c["state"] == "CONDITION_FAILED").then_some(())
+    });
+    let frontend = daemon.frontend;
+    let authority = svc.authority.clone();
+    let waiting = thread::spawn(move || http::get(frontend, &authority, "/"));
+    // Only v1 exists while this request arrives, so it can only be waiting on v1's pool.
+    thread::sleep(Duration::from_secs(1));
+
+    // v2 does not look at the hold file, starts and takes the traffic; v1 stops.
+    let v2_marker = unique("relay-v2");
+    let deployed = Instant::now();
+    world.deploy("relay", &v2_marker, &["--max-instances=1", "--set-env-vars=APP_VERSION=v2,APP_HOLD=no-hold"]);
+    let reply = waiting.join().expect("the waiting request's thread");
+    std::fs::remove_file(world.hold_path()).expect("remove the hold file");
+    assert_eq!(reply.status, 200, "the request that waited on v1: {reply}");
+    assert_eq!(reply.json()["version"], "v2", "{reply}");
+    assert!(
+        deployed.elapsed() < Duration::from_secs(STARTUP - 5),
+        "the waiting request was answered {:?} after v2's deploy began, near v1's startup deadline ({STARTUP} s)",
+        deployed.elapsed()
+    );
 }

@@ -220,6 +220,67 @@ async fn busy_backend_gets_429_and_no_instance_gets_503() {
     assert_eq!(s.instance.accepted(), 0);
 }
 
+/// A deploy moves the service's traffic on between a request's routing and its acquire: the old
+/// revision's backend says `Retired`, and the request is served by the new revision, which its
+/// record names.
+#[tokio::test]
+async fn a_request_whose_revision_retires_before_its_slot_is_served_by_the_new_one() {
+    let s = setup(hello(), TIMEOUT).await;
+    let new_instance = instance(hello());
+    let new_backend = FakeBackend::new("svc-00002-def-y1", new_instance.dir());
+    let new_route = revision_route("svc", "svc-00002-def", new_backend.clone(), TIMEOUT);
+    let router = s.harness.router.clone();
+    *s.backend.on_acquire.lock().unwrap() = Some(Box::new(move || router.set(HOST, new_route)));
+    s.backend.set_mode(Mode::Retired);
+
+    let (parts, body) = s.harness.get(HOST, "/").await;
+    assert_eq!((parts.status, body.as_ref()), (StatusCode::OK, b"hello".as_ref()));
+    assert_eq!((s.backend.acquired.load(Ordering::SeqCst), new_backend.acquired.load(Ordering::SeqCst)), (1, 1));
+    assert_eq!((s.instance.accepted(), new_instance.accepted()), (0, 1));
+    let records = s.harness.log.wait_for(1).await;
+    assert_eq!(
+        (records[0].revision.as_ref(), records[0].instance.as_ref(), records[0].http_request.status),
+        ("svc-00002-def", "svc-00002-def-y1", 200)
+    );
+    new_backend.wait_idle().await;
+}
+
+/// A backend that says `Retired` while the route table still points at it (nothing newer
+/// serves) ends the request at once with 503, without asking it again.
+#[tokio::test]
+async fn a_retired_revision_with_nothing_newer_gets_503_at_once() {
+    let s = setup(hello(), TIMEOUT).await;
+    s.backend.set_mode(Mode::Retired);
+    let (parts, body) = s.harness.get(HOST, "/").await;
+    assert_eq!(parts.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(String::from_utf8_lossy(&body).contains("no instance became ready in time"));
+    assert_eq!(s.backend.acquired.load(Ordering::SeqCst), 1, "the retired backend was asked again");
+    assert_eq!(s.harness.log.wait_for(1).await[0].http_request.status, 503);
+}
+
+/// Every newer revision retires too (deploys in a row): the request follows at most
+/// `MAX_REROUTES` of them, then gets 503; it never loops.
+#[tokio::test]
+async fn rerouting_is_bounded() {
+    let s = setup(hello(), TIMEOUT).await;
+    let dir = tempfile::tempdir().unwrap();
+    let backends: Vec<Arc<FakeBackend>> =
+        (2..=6).map(|n| FakeBackend::new(&format!("svc-0000{n}-x"), dir.path().to_path_buf())).collect();
+    let chain = std::iter::once(&s.backend).chain(backends.iter());
+    for (from, to) in chain.clone().zip(backends.iter()) {
+        let (router, to) = (s.harness.router.clone(), revision_route("svc", &to.instance, to.clone(), TIMEOUT));
+        *from.on_acquire.lock().unwrap() = Some(Box::new(move || router.set(HOST, to)));
+    }
+    for backend in chain {
+        backend.set_mode(Mode::Retired);
+    }
+    let (parts, _) = s.harness.get(HOST, "/").await;
+    assert_eq!(parts.status, StatusCode::SERVICE_UNAVAILABLE);
+    let asked: Vec<usize> =
+        std::iter::once(&s.backend).chain(backends.iter()).map(|b| b.acquired.load(Ordering::SeqCst)).collect();
+    assert_eq!(asked, [1, 1, 1, 1, 0, 0], "the original revision and then three newer ones");
+}
+
 #[tokio::test]
 async fn slow_instance_gets_504_at_the_timeout() {
     let handler: Handler = Arc::new(|_| {

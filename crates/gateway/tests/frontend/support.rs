@@ -181,6 +181,8 @@ pub enum Mode {
     Serve,
     Busy,
     NoInstance,
+    /// The revision stopped serving: every acquire says so, after running `on_acquire`.
+    Retired,
 }
 
 /// A backend with one instance that counts the leases it has out.
@@ -190,6 +192,9 @@ pub struct FakeBackend {
     pub channel_dir: PathBuf,
     pub outstanding: Arc<AtomicUsize>,
     pub acquired: AtomicUsize,
+    /// Run once, by the next acquire, before it answers: lets a test change the route table
+    /// between a request's routing and its acquire.
+    pub on_acquire: Mutex<Option<Box<dyn FnOnce() + Send>>>,
 }
 
 impl FakeBackend {
@@ -200,6 +205,7 @@ impl FakeBackend {
             channel_dir,
             outstanding: Arc::default(),
             acquired: AtomicUsize::new(0),
+            on_acquire: Mutex::new(None),
         })
     }
 
@@ -249,10 +255,15 @@ impl Backend for FakeBackend {
     fn acquire(&self) -> LeaseFuture<'_> {
         Box::pin(async move {
             self.acquired.fetch_add(1, Ordering::SeqCst);
+            let hook = self.on_acquire.lock().unwrap().take();
+            if let Some(hook) = hook {
+                hook();
+            }
             let mode = *self.mode.lock().unwrap();
             match mode {
                 Mode::Busy => Err(Unavailable::Busy),
                 Mode::NoInstance => Err(Unavailable::NoInstance),
+                Mode::Retired => Err(Unavailable::Retired),
                 Mode::Serve => {
                     self.outstanding.fetch_add(1, Ordering::SeqCst);
                     Ok(Lease(Box::new(LeaseGuard {
@@ -266,11 +277,18 @@ impl Backend for FakeBackend {
     }
 }
 
-pub struct FakeRouter(pub HashMap<String, Arc<Route>>);
+/// Host → route; a test may change it while the frontend runs, as the daemon does on a deploy.
+pub struct FakeRouter(pub Mutex<HashMap<String, Arc<Route>>>);
+
+impl FakeRouter {
+    pub fn set(&self, host: &str, route: Arc<Route>) {
+        self.0.lock().unwrap().insert(host.to_string(), route);
+    }
+}
 
 impl Router for FakeRouter {
     fn route(&self, host: &str) -> Option<Arc<Route>> {
-        self.0.get(host).cloned()
+        self.0.lock().unwrap().get(host).cloned()
     }
 }
 
@@ -306,12 +324,17 @@ impl RecordingLog {
 }
 
 pub fn route(service: &str, backend: Arc<FakeBackend>, timeout: Duration) -> Arc<Route> {
+    revision_route(service, &format!("{service}-00001-abc"), backend, timeout)
+}
+
+/// A route to `revision` of `service`.
+pub fn revision_route(service: &str, revision: &str, backend: Arc<FakeBackend>, timeout: Duration) -> Arc<Route> {
     Arc::new(Route {
         project: "test-project".into(),
         project_number: "123456789012".into(),
         region: "europe-west1".into(),
         service: service.into(),
-        revision: format!("{service}-00001-abc"),
+        revision: revision.into(),
         timeout,
         backend,
         ingress: runnel_model::service::Ingress::All,
@@ -324,22 +347,23 @@ pub fn route(service: &str, backend: Arc<FakeBackend>, timeout: Duration) -> Arc
 pub struct Harness {
     pub addr: SocketAddr,
     pub log: Arc<RecordingLog>,
+    pub router: Arc<FakeRouter>,
     shutdown: Option<oneshot::Sender<()>>,
     pub serve: Option<JoinHandle<()>>,
 }
 
 impl Harness {
     pub async fn start(routes: Vec<(&str, Arc<Route>)>, config: FrontendConfig) -> Harness {
-        let router = FakeRouter(routes.into_iter().map(|(h, r)| (h.to_string(), r)).collect());
+        let router = Arc::new(FakeRouter(Mutex::new(routes.into_iter().map(|(h, r)| (h.to_string(), r)).collect())));
         let log = Arc::new(RecordingLog::default());
-        let frontend = Arc::new(Frontend::new(Arc::new(router), log.clone(), config));
+        let frontend = Arc::new(Frontend::new(router.clone(), log.clone(), config));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
         let serve = tokio::spawn(frontend.serve(listener, async {
             let _ = rx.await;
         }));
-        Harness { addr, log, shutdown: Some(tx), serve: Some(serve) }
+        Harness { addr, log, router, shutdown: Some(tx), serve: Some(serve) }
     }
 
     /// Asks the frontend to shut down and returns the `serve` task to await.
