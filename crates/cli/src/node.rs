@@ -727,15 +727,17 @@ impl runnel_gateway::Invoker for InvokerGate {
         };
         let token = token.trim_ascii();
         let now = runnel_identity::unix_now();
-        let verified =
-            match self.cache.verify_bytes(token, &self.keys.key_set(), &self.issuer, &access.audiences, now, SKEW) {
-                Ok(v) => v,
-                Err(refusal) => return deny(401, refusal.reason, vec![refusal.detail]),
-            };
+        let verified = self
+            .keys
+            .with_key_set(|keys| self.cache.verify_bytes(token, keys, &self.issuer, &access.audiences, now, SKEW));
+        let verified = match verified {
+            Ok(v) => v,
+            Err(refusal) => return deny(401, refusal.reason, vec![refusal.detail]),
+        };
         let claims = &verified.claims;
         // A person's token (`runnel auth print-identity-token`): its subject is the user's email,
         // where a service account's is its numeric unique id.
-        if claims.sub.contains('@') {
+        if claims.sub.as_bytes().contains(&b'@') {
             if claims.email.as_deref() != Some(claims.sub.as_str()) {
                 return deny(401, Reason::TokenMalformed, vec!["a user token's subject and email differ".into()]);
             }
@@ -754,7 +756,7 @@ impl runnel_gateway::Invoker for InvokerGate {
                 ));
                 return deny(403, decision.reason, trace);
             }
-            return admitted(name, &verified);
+            return admitted(name, verified);
         }
         // Tokens name their account by unique id; the account found under it must still be
         // that account, with the token's email, and enabled.
@@ -777,7 +779,7 @@ impl runnel_gateway::Invoker for InvokerGate {
             ));
             return deny(403, decision.reason, trace);
         }
-        admitted(name, &verified)
+        admitted(name, verified)
     }
 }
 
@@ -785,8 +787,8 @@ impl runnel_gateway::Invoker for InvokerGate {
 /// (`SIGNATURE_REMOVED_BY_GOOGLE`, as on Cloud Run), so it cannot be replayed from its logs; the
 /// value was made once, when the token was first verified. A token that cannot be forwarded
 /// without its signature is refused rather than passed whole.
-fn admitted(name: hyper::header::HeaderName, verified: &runnel_identity::Verified) -> runnel_gateway::InvokerCheck {
-    match verified.forwarded.clone() {
+fn admitted(name: hyper::header::HeaderName, verified: runnel_identity::Verified) -> runnel_gateway::InvokerCheck {
+    match verified.forwarded {
         Some(value) => runnel_gateway::InvokerCheck::Allow {
             reason: runnel_policy::Reason::IamGranted,
             rewrite: Some((name, value)),

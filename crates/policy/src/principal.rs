@@ -73,7 +73,8 @@ pub fn refuses_service_account(issued: IssuedTo<'_>, current: Option<Account<'_>
             )],
         ));
     }
-    if issued.email.is_some_and(|e| !e.eq_ignore_ascii_case(account.email)) {
+    // Emails compare without case; the same bytes, the usual case, are found equal at once.
+    if issued.email.is_some_and(|e| e != account.email && !e.eq_ignore_ascii_case(account.email)) {
         let label = label();
         return Some(Decision::deny(
             Reason::PrincipalDeleted,

@@ -69,6 +69,42 @@ struct Open {
     /// copying and fresh pages on the frontend's thread, about once per request's worth of
     /// bytes (`docs/performance.md`).
     spare: Vec<u8>,
+    /// Whether the writer thread was woken for the lines pending now: it is woken once per
+    /// batch. Waking it on every line past the mark cost a futex call per request (about a
+    /// thousand a second under load) until the writer got a CPU to take the batch.
+    woken: bool,
+}
+
+/// What the writer thread is asked for.
+#[derive(Default)]
+struct Wake {
+    /// Write the pending lines now.
+    asked: bool,
+    /// Write them and return.
+    stop: bool,
+}
+
+/// What an appended line asks for, decided under the lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Need {
+    Nothing,
+    /// The pending lines passed [`WAKE_AT`]: wake the writer thread (once per batch).
+    Writer,
+    /// They passed [`WRITE_INLINE_AT`]: the writer thread is stuck; write them here.
+    Inline,
+}
+
+impl Open {
+    fn needs_writer(&mut self) -> Need {
+        let pending = self.pending.len();
+        if pending >= WRITE_INLINE_AT {
+            Need::Inline
+        } else if pending >= WAKE_AT && !std::mem::replace(&mut self.woken, true) {
+            Need::Writer
+        } else {
+            Need::Nothing
+        }
+    }
 }
 
 /// A file's lines on their way to the disk, with what the store knows of the file.
@@ -94,8 +130,8 @@ struct Shared {
     /// Serialises writing to disk, so batches of one file land in order even when the
     /// writer thread and a reader both flush. Always taken before `files`.
     writing: Mutex<()>,
-    /// Wakes the writer thread early; `true` asks it to stop.
-    wake: (Mutex<bool>, Condvar),
+    /// Wakes the writer thread early, or asks it to stop.
+    wake: (Mutex<Wake>, Condvar),
 }
 
 pub struct LogStore {
@@ -115,7 +151,7 @@ impl LogStore {
             limit,
             files: Mutex::new(Default::default()),
             writing: Mutex::new(()),
-            wake: (Mutex::new(false), Condvar::new()),
+            wake: (Mutex::new(Wake::default()), Condvar::new()),
         });
         let writer = shared.clone();
         let spawned = std::thread::Builder::new().name("runnel-logs".into()).spawn(move || writer.run_writer());
@@ -144,7 +180,7 @@ impl LogStore {
                 return;
             }
             open.pending.push(b'\n');
-            open.pending.len()
+            open.needs_writer()
         };
         self.wake_if_full(pending);
     }
@@ -156,16 +192,16 @@ impl LogStore {
             let mut files = lock(&self.shared.files);
             let Some(open) = self.shared.entry(&mut files, region, service, kind) else { return };
             write(&mut open.pending);
-            open.pending.len()
+            open.needs_writer()
         };
         self.wake_if_full(pending);
     }
 
-    fn wake_if_full(&self, pending: usize) {
-        if pending >= WRITE_INLINE_AT {
-            self.flush();
-        } else if pending >= WAKE_AT {
-            self.shared.wake_writer(false);
+    fn wake_if_full(&self, need: Need) {
+        match need {
+            Need::Nothing => {}
+            Need::Writer => self.shared.wake_writer(false),
+            Need::Inline => self.flush(),
         }
     }
 
@@ -234,7 +270,7 @@ impl Shared {
             let path = self.path(region, service, kind);
             services.insert(
                 service.to_owned(),
-                Open { path, file: None, written: 0, pending: Vec::new(), spare: Vec::new() },
+                Open { path, file: None, written: 0, pending: Vec::new(), spare: Vec::new(), woken: false },
             );
         }
         services.get_mut(service)
@@ -242,8 +278,10 @@ impl Shared {
 
     fn wake_writer(&self, stop: bool) {
         let (flag, cond) = &self.wake;
-        if stop {
-            *lock(flag) = true;
+        {
+            let mut wake = lock(flag);
+            wake.asked = true;
+            wake.stop |= stop;
         }
         cond.notify_one();
     }
@@ -254,9 +292,14 @@ impl Shared {
         let (flag, cond) = &self.wake;
         loop {
             let stop = {
+                // A request made while the last batch was being written is seen here, not lost:
+                // appenders ask once per batch.
                 let guard = lock(flag);
-                let (guard, _) = cond.wait_timeout(guard, FLUSH_EVERY).unwrap_or_else(PoisonError::into_inner);
-                *guard
+                let (mut guard, _) = cond
+                    .wait_timeout_while(guard, FLUSH_EVERY, |wake| !wake.asked && !wake.stop)
+                    .unwrap_or_else(PoisonError::into_inner);
+                guard.asked = false;
+                guard.stop
             };
             self.flush();
             if stop {
@@ -285,6 +328,7 @@ impl Shared {
             for open in services.values_mut() {
                 if !open.pending.is_empty() {
                     let lines = std::mem::replace(&mut open.pending, std::mem::take(&mut open.spare));
+                    open.woken = false;
                     batches.push(Batch {
                         path: open.path.clone(),
                         file: open.file.take(),
@@ -473,6 +517,38 @@ mod tests {
         logs.flush();
         let file = dir.path().join("local1/svc/requests.jsonl");
         assert_eq!(std::fs::read(&file).unwrap().len(), 201 * 1000);
+    }
+
+    #[test]
+    fn a_burst_wakes_the_writer_once_per_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = LogStore::new(dir.path().to_path_buf(), 64 << 20);
+        let shared = &logs.shared;
+        // The writer thread cannot take a batch while this is held, as when it has no CPU.
+        let writing = lock(&shared.writing);
+        let append = || {
+            let mut files = lock(&shared.files);
+            let open = shared.entry(&mut files, "local1", "svc", Kind::Requests).unwrap();
+            open.pending.extend_from_slice(&[b'x'; 1023]);
+            open.pending.push(b'\n');
+            open.needs_writer()
+        };
+        let asks = |needs: &[Need]| {
+            needs.iter().enumerate().filter(|(_, n)| **n == Need::Writer).map(|(i, _)| i).collect::<Vec<_>>()
+        };
+        let first: Vec<Need> = (0..1000).map(|_| append()).collect();
+        assert_eq!(asks(&first), [WAKE_AT / 1024 - 1], "one wake, at the line that reached the mark");
+        // The writer takes the batch; the next one past the mark asks again, once.
+        let _ = shared.take_pending();
+        let second: Vec<Need> = (0..1000).map(|_| append()).collect();
+        assert_eq!(asks(&second), [WAKE_AT / 1024 - 1]);
+        // Past the inline mark the appender writes the lines itself.
+        let mut third = Vec::new();
+        while third.last() != Some(&Need::Inline) {
+            third.push(append());
+            assert!(third.len() <= WRITE_INLINE_AT / 1024, "no inline write past {WRITE_INLINE_AT} bytes");
+        }
+        drop(writing);
     }
 
     #[test]
