@@ -360,7 +360,7 @@ impl Frontend {
         deadline: tokio::time::Instant,
         peer: &Peer,
     ) -> Result<Result<Lease, Unavailable>, Elapsed> {
-        let mut retired = exchange.route_arc().backend.clone();
+        let mut retired = exchange.route().backend.clone();
         for _ in 0..MAX_REROUTES {
             let Some(next) = self.router.route(host).filter(|next| !Arc::ptr_eq(&next.backend, &retired)) else {
                 break;

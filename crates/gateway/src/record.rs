@@ -131,10 +131,6 @@ impl Exchange {
         &self.route
     }
 
-    pub(crate) fn route_arc(&self) -> &Arc<Route> {
-        &self.route
-    }
-
     /// The request goes to another revision of the same service (its own stopped serving while
     /// the request waited); the record names the one that serves it.
     pub(crate) fn reroute(&mut self, route: Arc<Route>) {

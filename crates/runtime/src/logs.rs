@@ -95,7 +95,8 @@ enum Need {
 }
 
 impl Open {
-    fn needs_writer(&mut self) -> Need {
+    /// What the lines now pending ask of the writer (a wake at most once per batch).
+    fn need(&mut self) -> Need {
         let pending = self.pending.len();
         if pending >= WRITE_INLINE_AT {
             Need::Inline
@@ -180,7 +181,7 @@ impl LogStore {
                 return;
             }
             open.pending.push(b'\n');
-            open.needs_writer()
+            open.need()
         };
         self.wake_if_full(pending);
     }
@@ -192,7 +193,7 @@ impl LogStore {
             let mut files = lock(&self.shared.files);
             let Some(open) = self.shared.entry(&mut files, region, service, kind) else { return };
             write(&mut open.pending);
-            open.needs_writer()
+            open.need()
         };
         self.wake_if_full(pending);
     }
@@ -531,7 +532,7 @@ mod tests {
             let open = shared.entry(&mut files, "local1", "svc", Kind::Requests).unwrap();
             open.pending.extend_from_slice(&[b'x'; 1023]);
             open.pending.push(b'\n');
-            open.needs_writer()
+            open.need()
         };
         let asks = |needs: &[Need]| {
             needs.iter().enumerate().filter(|(_, n)| **n == Need::Writer).map(|(i, _)| i).collect::<Vec<_>>()
