@@ -297,8 +297,15 @@ impl Frontend {
         let lease = match acquired {
             Ok(Ok(lease)) => lease,
             Ok(Err(Unavailable::Busy)) => return page_response(pages::RATE_EXCEEDED, &id_header, Some(exchange)),
-            Ok(Err(Unavailable::NoInstance | Unavailable::Retired)) => {
-                return page_response(pages::NO_INSTANCE, &id_header, Some(exchange));
+            Ok(Err(Unavailable::NoInstance)) => return page_response(pages::NO_INSTANCE, &id_header, Some(exchange)),
+            Ok(Err(Unavailable::Retired)) => {
+                tracing::info!(
+                    request_id = exchange.id.as_str(),
+                    service = exchange.route().service,
+                    revision = exchange.route().revision.as_str(),
+                    "the revision stopped serving while the request waited, and nothing newer serves the service"
+                );
+                return page_response(pages::REVISION_STOPPED, &id_header, Some(exchange));
             }
             Err(_) => return self.timed_out(exchange, &id_header, "waiting for an instance slot"),
         };

@@ -96,6 +96,20 @@ pub(crate) const NO_INSTANCE: Page = Page {
     ),
 };
 
+/// The revision the request was routed to stopped serving while the request waited for a slot,
+/// and no other revision takes the service's traffic (the service was deleted, or deploys came
+/// faster than the request could follow them). Not "no instance became ready": nothing failed
+/// to start, and a retry goes wherever the service's traffic goes by then.
+pub(crate) const REVISION_STOPPED: Page = Page {
+    status: StatusCode::SERVICE_UNAVAILABLE,
+    content_type: HTML,
+    body: google_page!(
+        "503",
+        "Service Unavailable",
+        "Service Unavailable: the revision this request was routed to stopped serving while the request waited (the service was deleted or redeployed). Try again."
+    ),
+};
+
 pub(crate) const NOT_LISTENING: Page = Page {
     status: StatusCode::SERVICE_UNAVAILABLE,
     content_type: HTML,

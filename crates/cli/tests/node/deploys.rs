@@ -247,3 +247,42 @@ fn a_request_waiting_on_a_replaced_revision_is_served_by_the_new_one() {
         deployed.elapsed()
     );
 }
+
+/// The service is deleted while a request waits for an instance of its only revision: the
+/// request is answered 503 as the revision stops, saying so, instead of waiting out the startup
+/// deadline for a page that blames a failing start.
+#[test]
+fn a_request_waiting_on_a_deleted_service_gets_503_when_its_revision_stops() {
+    const STARTUP: u64 = 25;
+    let world = World::new();
+    let daemon = world.start(&Start { startup_deadline: Some(STARTUP), ..Start::default() });
+    world.deploy("doomed", &unique("doomed"), &["--max-instances=1"]);
+    let svc = world.service("doomed");
+    assert_eq!(http::get(daemon.frontend, &svc.authority, "/").status, 200);
+
+    // The only instance crashes and its restart is held, so the next request waits.
+    std::fs::write(world.hold_path(), b"").expect("create the hold file");
+    assert_eq!(http::get(daemon.frontend, &svc.authority, "/crash").status, 502);
+    eventually("the revision reports the crash", Duration::from_secs(5), || {
+        let revision = world.describe_revision(&svc.revision);
+        let conditions = revision["conditions"].as_array().cloned().unwrap_or_default();
+        conditions.iter().any(|c| c["type"] == "ContainerHealthy" && c["state"] == "CONDITION_FAILED").then_some(())
+    });
+    let (frontend, authority) = (daemon.frontend, svc.authority.clone());
+    let waiting = thread::spawn(move || http::get(frontend, &authority, "/"));
+    thread::sleep(Duration::from_secs(1));
+
+    let deleted = Instant::now();
+    world.cli(&["run", "services", "delete", "doomed"]).ok();
+    let reply = waiting.join().expect("the waiting request's thread");
+    std::fs::remove_file(world.hold_path()).expect("remove the hold file");
+    assert_eq!(reply.status, 503, "{reply}");
+    assert!(reply.text().contains("stopped serving while the request waited"), "{reply}");
+    assert!(
+        deleted.elapsed() < Duration::from_secs(STARTUP - 5),
+        "the waiting request was answered {:?} after the delete began, near the startup deadline ({STARTUP} s)",
+        deleted.elapsed()
+    );
+    // Gone for good: the host is not routed any more.
+    assert_eq!(http::get(daemon.frontend, &svc.authority, "/").status, 404);
+}
