@@ -222,11 +222,7 @@ fn a_request_waiting_on_a_replaced_revision_is_served_by_the_new_one() {
     // v1's only instance crashes and its restart is held: it will not listen again.
     std::fs::write(world.hold_path(), b"").expect("create the hold file");
     assert_eq!(http::get(daemon.frontend, &svc.authority, "/crash").status, 502);
-    eventually("v1 reports the crash", Duration::from_secs(5), || {
-        let revision = world.describe_revision(&svc.revision);
-        let conditions = revision["conditions"].as_array().cloned().unwrap_or_default();
-        conditions.iter().any(|c| c["type"] == "ContainerHealthy" && c["state"] == "CONDITION_FAILED").then_some(())
-    });
+    wait_for_crash_report(&world, &svc.revision);
     let frontend = daemon.frontend;
     let authority = svc.authority.clone();
     let waiting = thread::spawn(move || http::get(frontend, &authority, "/"));
@@ -263,11 +259,7 @@ fn a_request_waiting_on_a_deleted_service_gets_503_when_its_revision_stops() {
     // The only instance crashes and its restart is held, so the next request waits.
     std::fs::write(world.hold_path(), b"").expect("create the hold file");
     assert_eq!(http::get(daemon.frontend, &svc.authority, "/crash").status, 502);
-    eventually("the revision reports the crash", Duration::from_secs(5), || {
-        let revision = world.describe_revision(&svc.revision);
-        let conditions = revision["conditions"].as_array().cloned().unwrap_or_default();
-        conditions.iter().any(|c| c["type"] == "ContainerHealthy" && c["state"] == "CONDITION_FAILED").then_some(())
-    });
+    wait_for_crash_report(&world, &svc.revision);
     let (frontend, authority) = (daemon.frontend, svc.authority.clone());
     let waiting = thread::spawn(move || http::get(frontend, &authority, "/"));
     thread::sleep(Duration::from_secs(1));
@@ -285,4 +277,14 @@ fn a_request_waiting_on_a_deleted_service_gets_503_when_its_revision_stops() {
     );
     // Gone for good: the host is not routed any more.
     assert_eq!(http::get(daemon.frontend, &svc.authority, "/").status, 404);
+}
+
+/// Waits until `revision` reports its instance's crash (`ContainerHealthy` failed): from then on
+/// a request waits for a new instance instead of reaching the dying one.
+fn wait_for_crash_report(world: &World, revision: &str) {
+    eventually("the revision reports the crash", Duration::from_secs(5), || {
+        let described = world.describe_revision(revision);
+        let conditions = described["conditions"].as_array().cloned().unwrap_or_default();
+        conditions.iter().any(|c| c["type"] == "ContainerHealthy" && c["state"] == "CONDITION_FAILED").then_some(())
+    });
 }
