@@ -9,6 +9,8 @@
 --                            start, so the per-request Lua work is one table lookup.
 local here = debug.getinfo(1, "S").source:match("^@(.*/)") or "./"
 dofile(here .. "report.lua")
+-- With PACE_MS set (`bench/identity --pace=MS`), connections wait between requests.
+dofile(here .. "pace.lua")
 
 local path = os.getenv("TOKENS_FILE") or error("tokens.lua: set TOKENS_FILE to a file of tokens, one a line")
 local tokens = {}
