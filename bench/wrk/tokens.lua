@@ -1,6 +1,6 @@
 -- wrk script for bench/identity: sends `Authorization: Bearer TOKEN`, the tokens read from the
 -- file named by the TOKENS_FILE environment variable (one token a line), so that no token
--- appears on a command line. It reports like report.lua (one RESULT line per run).
+-- appears on a command line. It reports like report.lua (one RESULT line per run) and is paced like it with PACE_MS.
 --
 --   one token in the file    the same request every time: wrk builds it once, as it does for
 --                            a static request (no Lua on the request path)
@@ -9,8 +9,6 @@
 --                            start, so the per-request Lua work is one table lookup.
 local here = debug.getinfo(1, "S").source:match("^@(.*/)") or "./"
 dofile(here .. "report.lua")
--- With PACE_MS set (`bench/identity --pace=MS`), connections wait between requests.
-dofile(here .. "pace.lua")
 
 local path = os.getenv("TOKENS_FILE") or error("tokens.lua: set TOKENS_FILE to a file of tokens, one a line")
 local tokens = {}
