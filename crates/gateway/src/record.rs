@@ -62,8 +62,10 @@ pub(crate) struct Exchange {
     /// the record is appended to when it is written: `http://` and the authority (which the
     /// frontend also forwards as `Host`), the path, the user agent, the client's address.
     /// Keeping the request's own values instead (shared buffers) cost an atomic reference
-    /// count update for each, twice per request.
-    text: String,
+    /// count update for each, twice per request. Bytes, checked as UTF-8 once when the record
+    /// is written: a header's bytes need not be UTF-8, and one check of the whole line costs a
+    /// fraction of one per field.
+    text: Vec<u8>,
     authority: std::ops::Range<usize>,
     url: std::ops::Range<usize>,
     user_agent: std::ops::Range<usize>,
@@ -76,8 +78,9 @@ pub(crate) struct Exchange {
     pub(crate) response_head: u64,
 }
 
-/// What [`Exchange::finish`] appends to the text: a timestamp, two sizes and a latency.
-const FINISH_TEXT: usize = 96;
+/// What [`Exchange::finish`] appends to the text: a timestamp, the request id, two sizes and a
+/// latency.
+const FINISH_TEXT: usize = 128;
 
 impl Exchange {
     /// `authority` is the one the request was routed by, so it is a valid host (ASCII).
@@ -99,13 +102,13 @@ impl Exchange {
         let user_agent = request.headers().get(USER_AGENT).map_or(&[][..], HeaderValue::as_bytes);
         let remote = peer.ip_text().as_bytes();
         let mut text =
-            String::with_capacity(7 + authority.len() + path.len() + user_agent.len() + remote.len() + FINISH_TEXT);
-        text.push_str("http://");
-        let authority = push_range(&mut text, &text_of(authority));
-        text.push_str(path);
+            Vec::with_capacity(7 + authority.len() + path.len() + user_agent.len() + remote.len() + FINISH_TEXT);
+        text.extend_from_slice(b"http://");
+        let authority = push_range(&mut text, authority);
+        text.extend_from_slice(path.as_bytes());
         let url = 0..text.len();
-        let user_agent = push_range(&mut text, &text_of(user_agent));
-        let remote = push_range(&mut text, &text_of(remote));
+        let user_agent = push_range(&mut text, user_agent);
+        let remote = push_range(&mut text, remote);
         Exchange {
             log,
             route,
@@ -143,7 +146,7 @@ impl Exchange {
 
     /// The authority the client asked for, as it is forwarded in `Host`.
     pub(crate) fn authority(&self) -> &[u8] {
-        self.text.as_bytes().get(self.authority.clone()).unwrap_or_default()
+        self.text.get(self.authority.clone()).unwrap_or_default()
     }
 
     /// Writes the request-log record and releases the lease.
@@ -158,13 +161,22 @@ impl Exchange {
         // The rest of the record's text, appended to what the request gave.
         let mut made = std::mem::take(&mut self.text);
         let timestamp = push_with(&mut made, |t| push_rfc3339(t, self.at));
+        let request_id = push_range(&mut made, &self.id.0);
         let request_size = push_with(&mut made, |t| push_decimal(t, self.request_head + request_body));
         let response_size = push_with(&mut made, |t| push_decimal(t, self.response_head + response_body));
         let latency = push_with(&mut made, |t| push_latency(t, latency));
-        let text = |range: std::ops::Range<usize>| Cow::Borrowed(made.get(range).unwrap_or_default());
+        // What runnel wrote is ASCII; what the request gave nearly always is. One check of the
+        // whole text, and a field is cut from it where characters begin (as `str::get`
+        // checks); only a text that fails it is converted field by field, lossily, as
+        // `from_utf8_lossy` would convert that header.
+        let checked = std::str::from_utf8(&made);
+        let text = |range: std::ops::Range<usize>| match checked {
+            Ok(all) => Cow::Borrowed(all.get(range).unwrap_or_default()),
+            Err(_) => String::from_utf8_lossy(made.get(range).unwrap_or_default()),
+        };
         let record = RequestRecord {
             timestamp: text(timestamp),
-            request_id: Cow::Borrowed(self.id.as_str()),
+            request_id: text(request_id),
             region: Cow::Borrowed(&self.route.region),
             service: Cow::Borrowed(&self.route.service),
             revision: Cow::Borrowed(&self.route.revision),
@@ -188,26 +200,17 @@ impl Exchange {
 }
 
 /// Appends `part` to `text`, returning where it is.
-fn push_range(text: &mut String, part: &str) -> std::ops::Range<usize> {
+fn push_range(text: &mut Vec<u8>, part: &[u8]) -> std::ops::Range<usize> {
     let start = text.len();
-    text.push_str(part);
+    text.extend_from_slice(part);
     start..text.len()
 }
 
 /// Appends what `write` writes to `text`, returning where it is.
-fn push_with(text: &mut String, write: impl FnOnce(&mut String)) -> std::ops::Range<usize> {
+fn push_with(text: &mut Vec<u8>, write: impl FnOnce(&mut Vec<u8>)) -> std::ops::Range<usize> {
     let start = text.len();
     write(text);
     start..text.len()
-}
-
-/// A header's bytes as text: borrowed when they are UTF-8 (`from_utf8` checks ASCII quickly,
-/// `from_utf8_lossy` does not), lossily converted otherwise.
-fn text_of(bytes: &[u8]) -> Cow<'_, str> {
-    match std::str::from_utf8(bytes) {
-        Ok(text) => Cow::Borrowed(text),
-        Err(_) => String::from_utf8_lossy(bytes),
-    }
 }
 
 impl RequestRecord<'_> {
@@ -253,17 +256,22 @@ impl RequestRecord<'_> {
     }
 }
 
-/// `text` as the inside of a JSON string, escaped as serde_json escapes: runs that need no
-/// escape are copied whole.
+/// `text` as the inside of a JSON string, escaped as serde_json escapes. Inlined: a record
+/// has fourteen fields, nearly all of them short and in need of no escape.
+#[inline(always)]
 fn json_text(out: &mut Vec<u8>, text: &str) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     let bytes = text.as_bytes();
-    // Nearly every field needs no escape; a branch-free scan (which the compiler vectorises)
-    // finds that out faster than the loop below.
-    if !bytes.iter().fold(false, |any, &b| any | (b < 0x20) | (b == b'"') | (b == b'\\')) {
+    if needs_escape(bytes) {
+        json_escaped(out, bytes);
+    } else {
         out.extend_from_slice(bytes);
-        return;
     }
+}
+
+/// [`json_text`] for a text that needs an escape: runs that need none are copied whole.
+#[cold]
+fn json_escaped(out: &mut Vec<u8>, bytes: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut start = 0;
     for (i, &b) in bytes.iter().enumerate() {
         let escape: &[u8] = match b {
@@ -288,6 +296,33 @@ fn json_text(out: &mut Vec<u8>, text: &str) {
     out.extend_from_slice(&bytes[start..]);
 }
 
+/// Whether a JSON string would need an escape for any of `bytes`: a control character, `"` or
+/// `\`. Every field of every record is scanned (what runnel wrote itself too: fail closed), so
+/// the scan takes eight bytes at a time; byte by byte it was the record's largest cost.
+#[inline(always)]
+fn needs_escape(bytes: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    // The classic word-at-a-time tests: `(w - n·ONES) & !w & HIGHS` is non-zero exactly when
+    // some byte of `w` is below `n` (for n ≤ 0x80), and a byte equals `c` where `w ^ c·ONES`
+    // has a zero byte. Bytes from 0x80 up (UTF-8 beyond ASCII) never match.
+    let word = |w: u64| {
+        let below = |w: u64, n: u64| w.wrapping_sub(n * ONES) & !w;
+        let quote = w ^ (u64::from(b'"') * ONES);
+        let slash = w ^ (u64::from(b'\\') * ONES);
+        (below(w, 0x20) | below(quote, 1) | below(slash, 1)) & HIGHS != 0
+    };
+    let mut chunks = bytes.chunks_exact(8);
+    let mut any = false;
+    for chunk in &mut chunks {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(chunk);
+        any |= word(u64::from_le_bytes(w));
+    }
+    // The last few bytes one by one (copying them into a padded word cost a `memcpy` call).
+    chunks.remainder().iter().fold(any, |any, &b| any | (b < 0x20) | (b == b'"') | (b == b'\\'))
+}
+
 fn protocol(version: Version) -> &'static str {
     match version {
         Version::HTTP_09 => "HTTP/0.9",
@@ -298,16 +333,21 @@ fn protocol(version: Version) -> &'static str {
     }
 }
 
+/// Text this module made: ASCII digits and separators, so always UTF-8.
+fn ascii(bytes: Vec<u8>) -> String {
+    String::from_utf8(bytes).unwrap_or_default()
+}
+
 #[cfg(test)]
 fn format_latency(d: Duration) -> String {
-    let mut out = String::new();
+    let mut out = Vec::new();
     push_latency(&mut out, d);
-    out
+    ascii(out)
 }
 
 /// Appends a duration as Cloud Logging writes one: seconds with 0, 3, 6 or 9 fractional
 /// digits and an `s` (the protobuf JSON form).
-fn push_latency(out: &mut String, d: Duration) {
+fn push_latency(out: &mut Vec<u8>, d: Duration) {
     let (secs, nanos) = (d.as_secs(), d.subsec_nanos());
     push_decimal(out, secs);
     let digits = if nanos == 0 {
@@ -320,7 +360,7 @@ fn push_latency(out: &mut String, d: Duration) {
         9
     };
     push_fraction(out, nanos, digits);
-    out.push('s');
+    out.push(b's');
 }
 
 /// Now, as Cloud Logging writes timestamps.
@@ -331,48 +371,66 @@ pub(crate) fn timestamp() -> String {
 /// A point in time in RFC 3339 form, UTC, with as many fractional digits as it needs (none,
 /// or up to nine without trailing zeros), as the `time` crate writes it.
 fn rfc3339(at: SystemTime) -> String {
-    let mut out = String::with_capacity(30);
+    let mut out = Vec::with_capacity(30);
     push_rfc3339(&mut out, at);
-    out
+    ascii(out)
+}
+
+thread_local! {
+    /// The second the last timestamp on this thread fell in, and its text up to the seconds'
+    /// digits: the frontend writes thousands of timestamps a second, all in the same few.
+    static LAST_SECOND: std::cell::Cell<(u64, [u8; 19])> = const { std::cell::Cell::new((u64::MAX, [0; 19])) };
 }
 
 /// [`rfc3339`], appended to `out`.
-fn push_rfc3339(out: &mut String, at: SystemTime) {
+fn push_rfc3339(out: &mut Vec<u8>, at: SystemTime) {
+    /// 10000-01-01T00:00:00Z: years from here on do not fit four digits.
+    const YEAR_10000: u64 = 253_402_300_800;
     let since = at.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
     let secs = since.as_secs();
-    let (days, day_secs) = (secs / 86_400, secs % 86_400);
-    let (year, month, day) = civil_from_days(days);
-    // Every field has a fixed width, so the digits go straight to their places and the text
-    // is pushed once (a push per digit cost more than the date arithmetic).
-    let mut text = *b"0000-00-00T00:00:00.000000000Z";
+    let date = |text: &mut [u8; 19]| {
+        let (year, month, day) = civil_from_days(secs / 86_400);
+        put_date(text, year, month, day, secs % 86_400);
+        year
+    };
+    if secs >= YEAR_10000 {
+        // Written whole, and not kept.
+        let mut text = *b"0000-00-00T00:00:00";
+        push_decimal(out, date(&mut text));
+        out.extend_from_slice(&text[4..]);
+    } else {
+        let (last, mut text) = LAST_SECOND.get();
+        if last != secs {
+            text = *b"0000-00-00T00:00:00";
+            date(&mut text);
+            LAST_SECOND.set((secs, text));
+        }
+        out.extend_from_slice(&text);
+    }
+    let nanos = since.subsec_nanos();
+    if nanos != 0 {
+        // As many fractional digits as needed: trailing zeros go.
+        let mut fraction = *b".000000000";
+        put_digits(&mut fraction[1..], u64::from(nanos));
+        let mut end = fraction.len();
+        while fraction[end - 1] == b'0' {
+            end -= 1;
+        }
+        out.extend_from_slice(&fraction[..end]);
+    }
+    out.push(b'Z');
+}
+
+/// The date and time of day into `text`, shaped `0000-00-00T00:00:00`: every field has a fixed
+/// width, so the digits go straight to their places (a push per digit cost more than the date
+/// arithmetic).
+fn put_date(text: &mut [u8; 19], year: u64, month: u64, day: u64, day_secs: u64) {
     put_digits(&mut text[0..4], year);
     put_digits(&mut text[5..7], month);
     put_digits(&mut text[8..10], day);
     put_digits(&mut text[11..13], day_secs / 3600);
     put_digits(&mut text[14..16], day_secs / 60 % 60);
     put_digits(&mut text[17..19], day_secs % 60);
-    let nanos = since.subsec_nanos();
-    let end = if nanos == 0 {
-        19
-    } else {
-        // As many fractional digits as needed: trailing zeros go.
-        put_digits(&mut text[20..29], u64::from(nanos));
-        let mut end = 29;
-        while text[end - 1] == b'0' {
-            end -= 1;
-        }
-        end
-    };
-    text[end] = b'Z';
-    // Years past 9999 do not fit four digits; they are written whole.
-    let from = if year > 9999 {
-        push_decimal(out, year);
-        4
-    } else {
-        0
-    };
-    // ASCII digits and separators: always UTF-8.
-    out.push_str(std::str::from_utf8(&text[from..=end]).unwrap_or_default());
 }
 
 /// The last `dst.len()` decimal digits of `n`, zero-padded, into `dst`.
@@ -401,15 +459,14 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
 /// `n` in decimal.
 #[cfg(test)]
 fn decimal(n: u64) -> String {
-    let mut out = String::with_capacity(20);
+    let mut out = Vec::with_capacity(20);
     push_decimal(&mut out, n);
-    out
+    ascii(out)
 }
 
-fn push_decimal(out: &mut String, n: u64) {
+fn push_decimal(out: &mut Vec<u8>, n: u64) {
     let mut buf = [0u8; 20];
-    // ASCII digits: always UTF-8; pushed at once (a `push` per digit encodes each as a char).
-    out.push_str(std::str::from_utf8(decimal_digits(&mut buf, n)).unwrap_or_default());
+    out.extend_from_slice(decimal_digits(&mut buf, n));
 }
 
 /// `n` in decimal, written into the end of `buf` (20 digits hold any `u64`).
@@ -425,23 +482,15 @@ fn decimal_digits(buf: &mut [u8; 20], mut n: u64) -> &[u8] {
     }
 }
 
-/// `n` in decimal, zero-padded to at least `width` digits.
-fn push_padded(out: &mut String, n: u64, width: u32) {
-    let mut bound = 10u64.pow(width.saturating_sub(1));
-    while bound > 1 && n < bound {
-        out.push('0');
-        bound /= 10;
-    }
-    push_decimal(out, n);
-}
-
 /// A dot and the first `digits` (0–9) digits of `nanos` as a nine-digit fraction.
-fn push_fraction(out: &mut String, nanos: u32, digits: u32) {
+fn push_fraction(out: &mut Vec<u8>, nanos: u32, digits: u32) {
     if digits == 0 {
         return;
     }
-    out.push('.');
-    push_padded(out, u64::from(nanos / 10u32.pow(9 - digits)), digits);
+    let mut fraction = *b".000000000";
+    let end = 1 + digits as usize;
+    put_digits(&mut fraction[1..end], u64::from(nanos / 10u32.pow(9 - digits)));
+    out.extend_from_slice(&fraction[..end]);
 }
 
 #[cfg(test)]
@@ -512,6 +561,35 @@ mod tests {
             expected.push(b'\n');
             assert_eq!(String::from_utf8(line).unwrap(), String::from_utf8(expected).unwrap());
         }
+    }
+
+    #[test]
+    fn the_word_at_a_time_scan_finds_exactly_the_bytes_json_escapes() {
+        let naive = |bytes: &[u8]| bytes.iter().any(|&b| b < 0x20 || b == b'"' || b == b'\\');
+        // Every byte value at every position of texts of every length up to three words, in a
+        // text of bytes that need no escape (ASCII and beyond: 0x20, 0x7f, 0x80, 0xff).
+        for filler in [b'a', b' ', 0x7f, 0x80, 0xff] {
+            for len in 0..=24 {
+                for at in 0..len {
+                    for b in 0..=255u8 {
+                        let mut text = vec![filler; len];
+                        text[at] = b;
+                        assert_eq!(needs_escape(&text), naive(&text), "{text:?}");
+                    }
+                }
+                assert!(!needs_escape(&vec![filler; len]));
+            }
+        }
+    }
+
+    #[test]
+    fn timestamps_within_one_second_share_its_text_and_keep_their_own_fraction() {
+        let base = SystemTime::UNIX_EPOCH + Duration::new(1_795_000_000, 0);
+        assert_eq!(rfc3339(base + Duration::from_nanos(250_000_000)), "2026-11-18T11:06:40.25Z");
+        assert_eq!(rfc3339(base + Duration::from_nanos(999_999_999)), "2026-11-18T11:06:40.999999999Z");
+        assert_eq!(rfc3339(base + Duration::from_secs(1)), "2026-11-18T11:06:41Z");
+        assert_eq!(rfc3339(base), "2026-11-18T11:06:40Z");
+        assert_eq!(rfc3339(SystemTime::UNIX_EPOCH + Duration::from_secs(253_402_300_800)), "10000-01-01T00:00:00Z");
     }
 
     #[test]

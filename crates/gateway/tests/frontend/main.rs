@@ -573,6 +573,27 @@ async fn request_log_record_describes_the_request() {
 }
 
 #[tokio::test]
+async fn a_user_agent_that_is_not_utf8_is_logged_lossily_and_the_rest_of_the_record_intact() {
+    let handler: Handler = Arc::new(|_| Box::pin(async { Response::new(full("ok")) }));
+    let s = setup(handler, TIMEOUT).await;
+    let request = Request::get("/caf%C3%A9")
+        .header("host", "svc.example.com")
+        .header("user-agent", hyper::header::HeaderValue::from_bytes(b"bot \xff\xfe/1").unwrap())
+        .body(empty())
+        .unwrap();
+    let (parts, _) = s.harness.send(request).await;
+    assert_eq!(parts.status, StatusCode::OK);
+    let records = s.harness.log.wait_for(1).await;
+    let r = &records[0];
+    assert_eq!(r.http_request.user_agent, "bot \u{fffd}\u{fffd}/1");
+    assert_eq!(r.http_request.request_url, "http://svc.example.com/caf%C3%A9");
+    assert_eq!(r.request_id, parts.headers["x-runnel-request-id"].to_str().unwrap());
+    assert_eq!(r.http_request.remote_ip, "127.0.0.1");
+    assert!(time::OffsetDateTime::parse(&r.timestamp, &time::format_description::well_known::Rfc3339).is_ok());
+    assert!(r.http_request.latency.ends_with('s'), "{}", r.http_request.latency);
+}
+
+#[tokio::test]
 async fn websocket_upgrades_are_tunnelled() {
     let handler: Handler = Arc::new(|mut req: Request<Incoming>| {
         Box::pin(async move {
