@@ -106,7 +106,7 @@ pub(crate) const REVISION_STOPPED: Page = Page {
     body: google_page!(
         "503",
         "Service Unavailable",
-        "Service Unavailable: the revision this request was routed to stopped serving while the request waited (the service was deleted or redeployed). Try again."
+        "Service Unavailable: the revision this request was routed to stopped serving while the request waited (the service was deleted or redeployed). Try again: a retry goes to the revision that serves the service now, or gets 404 if the service no longer exists."
     ),
 };
 

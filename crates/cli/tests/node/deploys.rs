@@ -270,6 +270,7 @@ fn a_request_waiting_on_a_deleted_service_gets_503_when_its_revision_stops() {
     std::fs::remove_file(world.hold_path()).expect("remove the hold file");
     assert_eq!(reply.status, 503, "{reply}");
     assert!(reply.text().contains("stopped serving while the request waited"), "{reply}");
+    assert!(reply.text().contains("gets 404 if the service no longer exists"), "{reply}");
     assert!(
         deleted.elapsed() < Duration::from_secs(STARTUP - 5),
         "the waiting request was answered {:?} after the delete began, near the startup deadline ({STARTUP} s)",
