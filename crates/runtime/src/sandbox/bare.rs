@@ -40,12 +40,18 @@ pub fn bare_main() -> ExitCode {
             Ok(r) => r,
             Err(e) => return fail("signals", e),
         };
+        // Bound under another name and renamed once it listens, as inside a sandbox: the file
+        // exists only when a connection to it can succeed.
         let sock = spec.dir.join("run").join(Channels::PORT);
-        let _ = std::fs::remove_file(&sock);
-        let listener = match UnixListener::bind(&sock) {
+        let binding = spec.dir.join("run").join(".port.sock.binding");
+        let _ = std::fs::remove_file(&binding);
+        let listener = match UnixListener::bind(&binding) {
             Ok(l) => l,
-            Err(e) => return fail(&format!("listen on {}", sock.display()), e),
+            Err(e) => return fail(&format!("listen on {}", binding.display()), e),
         };
+        if let Err(e) = std::fs::rename(&binding, &sock) {
+            return fail(&format!("publish {}", sock.display()), e);
+        }
         let env = spec.env.iter().filter(|(k, _)| k != "PORT").map(|(k, v)| (k.clone(), v.clone()));
         let cwd = if spec.working_dir.as_os_str().is_empty() {
             std::path::PathBuf::from("/")

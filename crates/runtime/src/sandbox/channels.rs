@@ -30,9 +30,13 @@ fn path(name: &str) -> PathBuf {
 /// dropped), then makes the channel directory read-only so the workload cannot replace them.
 pub(super) async fn open(spec: &SandboxSpec) -> Result<Open, String> {
     let port_path = path(Channels::PORT);
-    let _ = std::fs::remove_file(&port_path);
-    let port_listener =
-        UnixListener::bind(&port_path).map_err(|e| format!("listen on {}: {e}", port_path.display()))?;
+    // Bound under another name and renamed once it listens, so `port.sock` exists only when a
+    // connection to it can succeed: between `bind` and `listen` a client that saw the file got
+    // "connection refused", which means "nothing listens" to everyone reading it.
+    let binding = path(".port.sock.binding");
+    let _ = std::fs::remove_file(&binding);
+    let port_listener = UnixListener::bind(&binding).map_err(|e| format!("listen on {}: {e}", binding.display()))?;
+    std::fs::rename(&binding, &port_path).map_err(|e| format!("publish {}: {e}", port_path.display()))?;
     let metadata = TcpListener::bind(SandboxSpec::metadata_addr())
         .await
         .map_err(|e| format!("listen on the metadata address: {e}"))?;
