@@ -1,7 +1,18 @@
 # Shell functions bench/run and bench/identity share; each script sources this file after
 # defining `die` and uses these globals: WORK (its work directory), RUNNEL_HOME (the daemon's),
 # RESULTS (its runs file: one line per run, `target run req/s p50 p99 requests …`) and TICK
-# (clock ticks per second, for the CPU columns).
+# (clock ticks per second, for the CPU columns), and PACE (`--pace=MS`, empty when unpaced).
+
+# Exits with a usage error unless --pace was whole milliseconds from 1 to 99, or not given.
+check_pace() {
+    case $PACE in
+        '' | [1-9] | [1-9][0-9]) ;;
+        *)
+            echo "bench/$(basename "$0"): --pace takes whole milliseconds from 1 to 99, not '$PACE'" >&2
+            exit 2
+            ;;
+    esac
+}
 
 # A free loopback TCP port.
 free_port() {

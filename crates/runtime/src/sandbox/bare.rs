@@ -10,10 +10,9 @@ use std::process::{Command, ExitCode, Stdio};
 
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
-use tokio::net::UnixListener;
 
+use super::channels::listen_port;
 use super::init::{close_inherited, fail, read_spec};
-use super::spec::Channels;
 
 pub fn bare_main() -> ExitCode {
     if let Err(e) = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL) {
@@ -40,18 +39,10 @@ pub fn bare_main() -> ExitCode {
             Ok(r) => r,
             Err(e) => return fail("signals", e),
         };
-        // Bound under another name and renamed once it listens, as inside a sandbox: the file
-        // exists only when a connection to it can succeed.
-        let sock = spec.dir.join("run").join(Channels::PORT);
-        let binding = spec.dir.join("run").join(".port.sock.binding");
-        let _ = std::fs::remove_file(&binding);
-        let listener = match UnixListener::bind(&binding) {
+        let listener = match listen_port(&spec.dir.join("run")) {
             Ok(l) => l,
-            Err(e) => return fail(&format!("listen on {}", binding.display()), e),
+            Err(e) => return fail("open the daemon's channel", e),
         };
-        if let Err(e) = std::fs::rename(&binding, &sock) {
-            return fail(&format!("publish {}", sock.display()), e);
-        }
         let env = spec.env.iter().filter(|(k, _)| k != "PORT").map(|(k, v)| (k.clone(), v.clone()));
         let cwd = if spec.working_dir.as_os_str().is_empty() {
             std::path::PathBuf::from("/")

@@ -26,17 +26,22 @@ fn path(name: &str) -> PathBuf {
     Path::new(CHANNEL_DIR).join(name)
 }
 
+/// Listens on `port.sock` in `dir`, inside a sandbox or without one. The socket is bound under
+/// another name and renamed once it listens, so `port.sock` exists only when a connection to it
+/// can succeed: between `bind` and `listen` a client that saw the file got "connection
+/// refused", which means "nothing listens" to everyone reading it.
+pub(super) fn listen_port(dir: &Path) -> Result<UnixListener, String> {
+    let (port_path, binding) = (dir.join(Channels::PORT), dir.join(".port.sock.binding"));
+    let _ = std::fs::remove_file(&binding);
+    let listener = UnixListener::bind(&binding).map_err(|e| format!("listen on {}: {e}", binding.display()))?;
+    std::fs::rename(&binding, &port_path).map_err(|e| format!("publish {}: {e}", port_path.display()))?;
+    Ok(listener)
+}
+
 /// Binds every listener (the metadata one needs port 80, so this runs before privileges are
 /// dropped), then makes the channel directory read-only so the workload cannot replace them.
 pub(super) async fn open(spec: &SandboxSpec) -> Result<Open, String> {
-    let port_path = path(Channels::PORT);
-    // Bound under another name and renamed once it listens, so `port.sock` exists only when a
-    // connection to it can succeed: between `bind` and `listen` a client that saw the file got
-    // "connection refused", which means "nothing listens" to everyone reading it.
-    let binding = path(".port.sock.binding");
-    let _ = std::fs::remove_file(&binding);
-    let port_listener = UnixListener::bind(&binding).map_err(|e| format!("listen on {}: {e}", binding.display()))?;
-    std::fs::rename(&binding, &port_path).map_err(|e| format!("publish {}: {e}", port_path.display()))?;
+    let port_listener = listen_port(Path::new(CHANNEL_DIR))?;
     let metadata = TcpListener::bind(SandboxSpec::metadata_addr())
         .await
         .map_err(|e| format!("listen on the metadata address: {e}"))?;
