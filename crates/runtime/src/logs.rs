@@ -4,6 +4,13 @@
 //! that grows past its limit is renamed to `.1` (replacing the previous one) and started anew,
 //! so a chatty instance costs at most twice the limit on disk.
 //!
+//! Replacing `.1` at once would free its whole limit's worth of pages in one system call: 8 MiB
+//! took the kernel 2–8 ms, a few times a second under the benchmark's load, on whichever core
+//! the writer ran, and that burst cost the frontend about a tenth of its throughput and raised
+//! its p99 (`docs/performance.md`). So the replaced generation is unlinked while an open handle
+//! keeps its storage, and the writer truncates it a step at a time (at least twice the bytes it
+//! writes, so it is gone before the new file is half full) until it can be closed cheaply.
+//!
 //! Appending is on the frontend's request path, once per request, so it must cost little more
 //! than serialising the record: a line is serialised straight into its file's pending buffer
 //! under one lock (files are found by region and service without building a path), and a
@@ -27,6 +34,9 @@ pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
 /// memory, and beyond which the appender writes them itself (the writer thread is stuck).
 const WAKE_AT: usize = 256 * 1024;
 const WRITE_INLINE_AT: usize = 8 * 1024 * 1024;
+/// The least of a replaced generation's storage released per batch (or per idle tick of the
+/// writer): 128 pages, a fraction of a millisecond of the kernel's time.
+const RELEASE_STEP: u64 = 512 * 1024;
 
 /// Which log of a service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -73,6 +83,29 @@ struct Open {
     /// batch. Waking it on every line past the mark cost a futex call per request (about a
     /// thousand a second under load) until the writer got a CPU to take the batch.
     woken: bool,
+    /// The generation the last rotation replaced, while its storage is being released.
+    replaced: Option<Replaced>,
+}
+
+/// A replaced `.1`: unlinked, its storage still held by this handle and released a step at a
+/// time, so that no single system call frees the whole file.
+struct Replaced {
+    file: File,
+    size: u64,
+}
+
+impl Replaced {
+    /// Releases up to `step` bytes of storage; `None` once nothing is left.
+    fn release(mut self, step: u64) -> Option<Replaced> {
+        if self.size <= step {
+            // Closing frees what is left, at most one step.
+            return None;
+        }
+        self.size -= step;
+        // On failure the handle is closed, which frees the rest at once: only slower.
+        self.file.set_len(self.size).ok()?;
+        Some(self)
+    }
 }
 
 /// What the writer thread is asked for.
@@ -113,6 +146,7 @@ struct Batch {
     path: PathBuf,
     file: Option<File>,
     written: u64,
+    replaced: Option<Replaced>,
     lines: Vec<u8>,
 }
 
@@ -271,7 +305,15 @@ impl Shared {
             let path = self.path(region, service, kind);
             services.insert(
                 service.to_owned(),
-                Open { path, file: None, written: 0, pending: Vec::new(), spare: Vec::new(), woken: false },
+                Open {
+                    path,
+                    file: None,
+                    written: 0,
+                    pending: Vec::new(),
+                    spare: Vec::new(),
+                    woken: false,
+                    replaced: None,
+                },
             );
         }
         services.get_mut(service)
@@ -322,18 +364,24 @@ impl Shared {
     }
 
     /// Every file's pending lines, with its handle; each file's spare buffer takes their place.
+    /// A file with no pending lines comes too while a replaced generation of it is released.
     fn take_pending(&self) -> Vec<Batch> {
         let mut batches = Vec::new();
         let mut files = lock(&self.files);
         for services in files.iter_mut().flat_map(|by_region| by_region.values_mut()) {
             for open in services.values_mut() {
-                if !open.pending.is_empty() {
-                    let lines = std::mem::replace(&mut open.pending, std::mem::take(&mut open.spare));
+                if !open.pending.is_empty() || open.replaced.is_some() {
+                    let lines = if open.pending.is_empty() {
+                        Vec::new()
+                    } else {
+                        std::mem::replace(&mut open.pending, std::mem::take(&mut open.spare))
+                    };
                     open.woken = false;
                     batches.push(Batch {
                         path: open.path.clone(),
                         file: open.file.take(),
                         written: open.written,
+                        replaced: open.replaced.take(),
                         lines,
                     });
                 }
@@ -343,22 +391,28 @@ impl Shared {
     }
 
     fn write_pending(&self, batch: Batch) -> Batch {
-        let Batch { path, file, written, lines } = batch;
-        let (file, written) = match self.write_batch(&path, file, written, &lines) {
-            Ok(state) => state,
-            Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "cannot write log lines; they are dropped");
-                (None, 0)
-            }
-        };
-        Batch { path, file, written, lines }
+        let Batch { path, mut file, mut written, mut replaced, lines } = batch;
+        if !lines.is_empty() {
+            (file, written) = match self.write_batch(&path, file, written, &mut replaced, &lines) {
+                Ok(state) => state,
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot write log lines; they are dropped");
+                    (None, 0)
+                }
+            };
+        }
+        // Twice what was written, so a replaced generation is gone before the file that took
+        // its place is half full: with it, the two names never hold more than twice the limit.
+        let step = RELEASE_STEP.max(2 * lines.len() as u64);
+        let replaced = replaced.and_then(|r| r.release(step));
+        Batch { path, file, written, replaced, lines }
     }
 
     /// Gives the files back, and their buffers to reuse their capacity, unless the service was
     /// forgotten meanwhile.
     fn give_back(&self, done: Vec<Batch>) {
         let mut files = lock(&self.files);
-        for Batch { path, file, written, mut lines } in done {
+        for Batch { path, file, written, replaced, mut lines } in done {
             let found = files
                 .iter_mut()
                 .flat_map(|by_region| by_region.values_mut())
@@ -367,6 +421,7 @@ impl Shared {
             if let Some(open) = found {
                 open.file = file;
                 open.written = written;
+                open.replaced = replaced;
                 // The larger of the two buffers is the one to keep filling; a burst's buffer is
                 // not kept beyond what wakes the writer early.
                 lines.clear();
@@ -388,6 +443,7 @@ impl Shared {
         path: &Path,
         file: Option<File>,
         written: u64,
+        replaced: &mut Option<Replaced>,
         lines: &[u8],
     ) -> std::io::Result<(Option<File>, u64)> {
         let (mut file, mut written) = match file {
@@ -400,7 +456,7 @@ impl Shared {
             let take = if rest.len() as u64 <= room { rest.len() } else { fitting_lines(rest, room) };
             if take == 0 && written > 0 {
                 drop(file);
-                std::fs::rename(path, path.with_extension("jsonl.1"))?;
+                rotate(path, replaced)?;
                 (file, written) = open_file(path)?;
                 continue;
             }
@@ -412,6 +468,26 @@ impl Shared {
         }
         Ok((Some(file), written))
     }
+}
+
+/// Renames the file at `path` to `.1`. The generation `.1` held is unlinked first but kept open
+/// in `replaced`, so its storage is released later a step at a time, not by this rename; and
+/// the rename then has no file to replace, which also spares ext4's flush of a file renamed
+/// over another (`auto_da_alloc`). A generation still being released is closed now, so at
+/// most one is held.
+fn rotate(path: &Path, replaced: &mut Option<Replaced>) -> std::io::Result<()> {
+    *replaced = None;
+    let previous = path.with_extension("jsonl.1");
+    match OpenOptions::new().write(true).open(&previous) {
+        Ok(file) => {
+            let size = file.metadata()?.len();
+            std::fs::remove_file(&previous)?;
+            *replaced = Some(Replaced { file, size });
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    std::fs::rename(path, previous)
 }
 
 fn open_file(path: &Path) -> std::io::Result<(File, u64)> {
@@ -550,6 +626,70 @@ mod tests {
             assert!(third.len() <= WRITE_INLINE_AT / 1024, "no inline write past {WRITE_INLINE_AT} bytes");
         }
         drop(writing);
+    }
+
+    /// Sizes of the files under `dir` this process holds open after their name was removed.
+    fn held_unlinked(dir: &Path) -> Vec<u64> {
+        let dir = dir.to_string_lossy().into_owned();
+        std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .filter_map(|fd| {
+                let fd = fd.ok()?.path();
+                let target = std::fs::read_link(&fd).ok()?.to_string_lossy().into_owned();
+                let held = target.starts_with(&dir) && target.ends_with(" (deleted)");
+                // The link is followed: this is the unlinked file's own size.
+                held.then(|| std::fs::metadata(&fd).map(|m| m.len()).ok())?
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_replaced_generation_is_released_in_steps_and_the_disk_stays_within_twice_the_limit() {
+        const LIMIT: u64 = 4 << 20;
+        let dir = tempfile::tempdir().unwrap();
+        let logs = LogStore::new(dir.path().to_path_buf(), LIMIT);
+        let shared = &logs.shared;
+        let base = dir.path().join("local1/svc/requests.jsonl");
+        let previous = base.with_extension("jsonl.1");
+        let size = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
+        // Batches are written here, one at a time, with the writer thread held off.
+        let writing = lock(&shared.writing);
+        let flush = || {
+            let done = shared.take_pending().into_iter().map(|b| shared.write_pending(b)).collect();
+            shared.give_back(done);
+        };
+        let mut first_held = None;
+        // Three generations' worth, in batches of 100 KiB: two rotations.
+        for batch in 0..(3 * LIMIT / (100 << 10)) {
+            for _ in 0..100 {
+                logs.append_line("local1", "svc", Kind::Requests, |buf| {
+                    // A 1 KiB JSON line.
+                    buf.extend_from_slice(b"{\"p\":\"");
+                    buf.extend_from_slice(&[b'x'; 1015]);
+                    buf.extend_from_slice(b"\"}\n");
+                });
+            }
+            flush();
+            let held = held_unlinked(dir.path());
+            assert!(held.len() <= 1, "at most one replaced generation is held, got {held:?}");
+            let total = size(&base) + size(&previous) + held.iter().sum::<u64>();
+            assert!(total <= 2 * LIMIT, "batch {batch}: {total} bytes on disk, more than twice the limit");
+            if first_held.is_none() && !held.is_empty() {
+                first_held = Some(held[0]);
+            }
+        }
+        let first = first_held.expect("the second rotation replaced a generation, kept open to release it");
+        assert!((LIMIT - 2 * RELEASE_STEP..LIMIT).contains(&first), "one step released at the rotation, left {first}");
+        // Without new lines each flush (the writer's idle tick) releases a step, then closes it.
+        for _ in 0..=LIMIT / RELEASE_STEP {
+            flush();
+        }
+        assert_eq!(held_unlinked(dir.path()), Vec::<u64>::new(), "the replaced generation was closed");
+        drop(writing);
+        // Readers see the two named generations whole, nothing of the replaced one.
+        assert!((LIMIT - 1023..=LIMIT).contains(&size(&previous)), "`.1` is a full generation");
+        let named = (size(&base) + size(&previous)) / 1024;
+        assert_eq!(logs.read("local1", "svc", Kind::Requests, usize::MAX).len() as u64, named);
     }
 
     #[test]
