@@ -297,6 +297,10 @@ fn print_logs(format: Format, entries: &[Value], requests: bool) -> Result<()> {
     Ok(())
 }
 
+/// How often `logs tail` asks for new lines, and how many of the newest it fetches each time.
+const TAIL_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+const TAIL_BATCH: usize = 1000;
+
 async fn logs(client: &Client, format: Format, region: &str, cmd: LogsCmd) -> Result<()> {
     let (service, requests, limit, follow) = match cmd {
         LogsCmd::Read { service, limit, requests } => (service, requests, limit, false),
@@ -316,16 +320,36 @@ async fn logs(client: &Client, format: Format, region: &str, cmd: LogsCmd) -> Re
     }
     let mut seen = entries.last().cloned();
     loop {
-        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-        let entries = client.get(&path(1000)).await?["entries"].as_array().cloned().unwrap_or_default();
-        let start = match &seen {
-            Some(last) => entries.iter().rposition(|e| e == last).map(|i| i + 1).unwrap_or(0),
-            None => 0,
-        };
+        tokio::time::sleep(TAIL_EVERY).await;
+        let entries = client.get(&path(TAIL_BATCH)).await?["entries"].as_array().cloned().unwrap_or_default();
+        let (start, skipped) = new_since(&entries, seen.as_ref());
+        if skipped {
+            // The last line shown is no longer among the newest: more arrived since than one
+            // poll fetches (or the log was removed). Say so rather than let the output look
+            // complete.
+            eprintln!(
+                "WARNING: more than {TAIL_BATCH} lines arrived within {} ms; some of them were not shown. \
+                 `runnel run services logs read {service} --limit N` reads up to 10000.",
+                TAIL_EVERY.as_millis()
+            );
+        }
         if start < entries.len() {
             print_logs(format, &entries[start..], requests)?;
             seen = entries.last().cloned();
         }
+    }
+}
+
+/// Where the lines not shown yet start in `entries` (the newest lines of a log, oldest first),
+/// given the last line shown; and whether lines were missed because that one is no longer among
+/// them.
+fn new_since(entries: &[Value], seen: Option<&Value>) -> (usize, bool) {
+    match seen {
+        None => (0, false),
+        Some(last) => match entries.iter().rposition(|e| e == last) {
+            Some(i) => (i + 1, false),
+            None => (0, !entries.is_empty()),
+        },
     }
 }
 
@@ -437,6 +461,17 @@ pub async fn run(client: &Client, format: Format, cmd: RunCmd) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tail_shows_what_follows_the_last_line_shown_and_tells_when_lines_were_missed() {
+        let lines: Vec<Value> = (0..5).map(|n| json!({ "n": n })).collect();
+        assert_eq!(new_since(&lines, None), (0, false));
+        assert_eq!(new_since(&lines, Some(&json!({ "n": 2 }))), (3, false));
+        assert_eq!(new_since(&lines, Some(&json!({ "n": 4 }))), (5, false), "nothing new");
+        // The last line shown scrolled out of the newest lines fetched: some were never shown.
+        assert_eq!(new_since(&lines, Some(&json!({ "n": -1 }))), (0, true));
+        assert_eq!(new_since(&[], Some(&json!({ "n": 4 }))), (0, false), "an emptied log misses nothing");
+    }
 
     #[test]
     fn list_flags_follow_gcloud() {

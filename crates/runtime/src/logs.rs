@@ -20,8 +20,8 @@
 //! so no line is lost to the batching; a crash loses at most the last [`FLUSH_EVERY`].
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -37,6 +37,8 @@ const WRITE_INLINE_AT: usize = 8 * 1024 * 1024;
 /// The least of a replaced generation's storage released per batch (or per idle tick of the
 /// writer): 128 pages, a fraction of a millisecond of the kernel's time.
 const RELEASE_STEP: u64 = 512 * 1024;
+/// How many times a log read starts again when a rotation unlinked what it was reading.
+const READ_ATTEMPTS: usize = 3;
 
 /// Which log of a service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -245,22 +247,31 @@ impl LogStore {
         self.shared.flush();
     }
 
-    /// The last `limit` records of a service's log, oldest first (the rotated file too).
+    /// The last `limit` records of a service's log, oldest first (the rotated file too), as of
+    /// the call: every line appended before it, none of those after.
+    ///
+    /// The two generations are opened together, with what is pending written first and the
+    /// writer held off, so a rotation cannot fall between them (which would drop or repeat a
+    /// generation's worth). They are read after the writer is let go, from the end back and only
+    /// as far as `limit` lines, so reading a large log holds up neither the writer nor the
+    /// frontend behind it. A rotation while they are read can still unlink one of them, whose
+    /// storage the writer then releases from the end: a snapshot that lost a name is read again,
+    /// and the last attempt is read with the writer held off.
     pub fn read(&self, region: &str, service: &str, kind: Kind, limit: usize) -> Vec<serde_json::Value> {
-        self.flush();
         let path = self.shared.path(region, service, kind);
-        let mut out = Vec::new();
-        for p in [path.with_extension("jsonl.1"), path] {
-            if let Ok(f) = File::open(&p) {
-                for line in BufReader::new(f).lines().map_while(Result::ok) {
-                    if let Ok(v) = serde_json::from_str(&line) {
-                        out.push(v);
-                    }
-                }
+        let mut attempt = 1;
+        loop {
+            let writing = lock(&self.shared.writing);
+            self.shared.flush_locked();
+            let generations = [path.with_extension("jsonl.1"), path.clone()].map(|p| Generation::open(&p));
+            let last = attempt == READ_ATTEMPTS;
+            let _writing = if last { Some(writing) } else { None };
+            let records = read_tail(&generations, limit);
+            if last || generations.iter().flatten().all(Generation::still_named) {
+                return records;
             }
+            attempt += 1;
         }
-        let skip = out.len().saturating_sub(limit);
-        out.split_off(skip)
     }
 
     /// Removes a deleted service's logs, pending lines included.
@@ -355,6 +366,11 @@ impl Shared {
     /// appenders (the frontend) never wait for the disk.
     fn flush(&self) {
         let _writing = lock(&self.writing);
+        self.flush_locked();
+    }
+
+    /// [`Shared::flush`] for a caller that holds `writing`.
+    fn flush_locked(&self) {
         let batches = self.take_pending();
         if batches.is_empty() {
             return;
@@ -488,6 +504,86 @@ fn rotate(path: &Path, replaced: &mut Option<Replaced>) -> std::io::Result<()> {
         Err(e) => return Err(e),
     }
     std::fs::rename(path, previous)
+}
+
+/// One generation of a log as a reader found it: its open file and its size then.
+struct Generation {
+    file: File,
+    size: u64,
+}
+
+impl Generation {
+    /// The file at `path`, or `None` when there is none (or it cannot be read: a log read is
+    /// best-effort, and a missing generation only means fewer lines).
+    fn open(path: &Path) -> Option<Generation> {
+        let file = File::open(path).ok()?;
+        let size = file.metadata().ok()?.len();
+        Some(Generation { file, size })
+    }
+
+    /// Whether the file still has a name: a generation a rotation unlinked is being truncated
+    /// by the writer, so what was read of it may lack lines.
+    fn still_named(&self) -> bool {
+        self.file.metadata().is_ok_and(|m| m.nlink() > 0)
+    }
+}
+
+/// The last `limit` records of `generations` (oldest first), each read backwards from the size
+/// it had when opened. A line that is not JSON (one cut short by a crash) is skipped.
+fn read_tail(generations: &[Option<Generation>], limit: usize) -> Vec<serde_json::Value> {
+    let mut newest_first = Vec::new();
+    for generation in generations.iter().rev().flatten() {
+        if newest_first.len() >= limit {
+            break;
+        }
+        let _ = lines_backwards(generation, |line| {
+            if let Ok(record) = serde_json::from_slice(line) {
+                newest_first.push(record);
+            }
+            newest_first.len() < limit
+        });
+    }
+    newest_first.reverse();
+    newest_first
+}
+
+/// The first chunk read from a file's end; it doubles while no line fits, so a very long line
+/// costs a few reads, not one per chunk.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// Calls `each` with the lines of `generation` (without their newlines), last first, until it
+/// returns false or the start of the file is reached.
+fn lines_backwards(generation: &Generation, mut each: impl FnMut(&[u8]) -> bool) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let mut pos = generation.size;
+    // Bytes from `pos` up to the last line not yet given: the end of a line whose start is not
+    // read yet.
+    let mut rest: Vec<u8> = Vec::new();
+    let mut chunk = READ_CHUNK;
+    while pos > 0 {
+        let n = chunk.min(pos as usize);
+        pos -= n as u64;
+        let mut buf = vec![0; n + rest.len()];
+        generation.file.read_exact_at(&mut buf[..n], pos)?;
+        buf[n..].copy_from_slice(&rest);
+        rest = buf;
+        let mut end = rest.len();
+        // Every newline with bytes after it closes a line; the last line of a file ends in one.
+        while let Some(i) = rest[..end].iter().rposition(|&b| b == b'\n') {
+            if i + 1 < end && !each(&rest[i + 1..end]) {
+                return Ok(());
+            }
+            end = i;
+        }
+        if end == rest.len() {
+            chunk = chunk.saturating_mul(2);
+        }
+        rest.truncate(end);
+    }
+    if !rest.is_empty() {
+        each(&rest);
+    }
+    Ok(())
 }
 
 fn open_file(path: &Path) -> std::io::Result<(File, u64)> {
@@ -690,6 +786,103 @@ mod tests {
         assert!((LIMIT - 1023..=LIMIT).contains(&size(&previous)), "`.1` is a full generation");
         let named = (size(&base) + size(&previous)) / 1024;
         assert_eq!(logs.read("local1", "svc", Kind::Requests, usize::MAX).len() as u64, named);
+    }
+
+    #[test]
+    fn a_read_while_lines_arrive_and_files_rotate_sees_every_line_once_and_in_order() {
+        use std::sync::atomic::{AtomicI64, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        // About 60 lines a generation: a rotation every few batches.
+        let logs = LogStore::new(dir.path().to_path_buf(), 1000);
+        let acknowledged = AtomicI64::new(-1);
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                let mut n = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    logs.append("local1", "svc", Kind::Instances, &json!({ "n": n }));
+                    acknowledged.store(n, Ordering::Release);
+                    n += 1;
+                    if n % 7 == 0 {
+                        logs.flush();
+                    }
+                }
+            });
+            let deadline = std::time::Instant::now() + Duration::from_millis(1500);
+            let mut reads = 0;
+            while std::time::Instant::now() < deadline {
+                let before = acknowledged.load(Ordering::Acquire);
+                let ns: Vec<i64> = logs
+                    .read("local1", "svc", Kind::Instances, usize::MAX)
+                    .iter()
+                    .map(|v| v["n"].as_i64().unwrap())
+                    .collect();
+                if let (Some(first), Some(last)) = (ns.first(), ns.last()) {
+                    let expected: Vec<i64> = (*first..=*last).collect();
+                    assert_eq!(ns, expected, "read {reads}: the two generations hold consecutive lines, each once");
+                    assert!(
+                        *last >= before,
+                        "read {reads}: line {before} was appended before the read, the last read is {last}"
+                    );
+                }
+                reads += 1;
+            }
+            stop.store(true, Ordering::Relaxed);
+            assert!(reads > 100, "only {reads} reads were made");
+        });
+    }
+
+    #[test]
+    fn lines_are_read_backwards_whatever_their_length() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let long = "y".repeat(3 * READ_CHUNK + 17);
+        let cases: [&[&str]; 4] =
+            [&[], &["a"], &["a", "", "bc", &long, "d"], &[&long, &long, "e", &"z".repeat(READ_CHUNK - 1)]];
+        for lines in cases {
+            for trailing_newline in [true, false] {
+                let mut text = lines.join("\n");
+                if trailing_newline && !lines.is_empty() {
+                    text.push('\n');
+                }
+                std::fs::write(&path, &text).unwrap();
+                let generation = Generation::open(&path).unwrap();
+                let mut got = Vec::new();
+                lines_backwards(&generation, |line| {
+                    got.push(String::from_utf8(line.to_vec()).unwrap());
+                    true
+                })
+                .unwrap();
+                let expected: Vec<String> =
+                    lines.iter().rev().filter(|l| !l.is_empty()).map(|l| l.to_string()).collect();
+                assert_eq!(got, expected, "{} lines, trailing newline {trailing_newline}", lines.len());
+                // Stopping early reads no further.
+                let mut first = Vec::new();
+                lines_backwards(&generation, |line| {
+                    first.push(line.len());
+                    false
+                })
+                .unwrap();
+                assert_eq!(first, expected.iter().take(1).map(String::len).collect::<Vec<_>>());
+            }
+        }
+    }
+
+    #[test]
+    fn a_read_takes_the_newest_records_and_skips_lines_that_are_not_json() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("local1/svc/requests.jsonl");
+        std::fs::create_dir_all(base.parent().unwrap()).unwrap();
+        std::fs::write(base.with_extension("jsonl.1"), "{\"n\":1}\n{\"n\":2}\n").unwrap();
+        // A line cut short by a crash, then the lines written after the restart.
+        std::fs::write(&base, "{\"n\":3}\n{\"n\":4,\"cut\n{\"n\":5}\n{\"n\":6}\n").unwrap();
+        let logs = LogStore::new(dir.path().to_path_buf(), 1 << 20);
+        let ns = |limit| -> Vec<i64> {
+            logs.read("local1", "svc", Kind::Requests, limit).iter().map(|v| v["n"].as_i64().unwrap()).collect()
+        };
+        assert_eq!(ns(2), [5, 6]);
+        assert_eq!(ns(4), [2, 3, 5, 6], "the rotated generation supplies the older records");
+        assert_eq!(ns(100), [1, 2, 3, 5, 6]);
     }
 
     #[test]
