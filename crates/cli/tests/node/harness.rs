@@ -65,6 +65,8 @@ pub struct Start<'a> {
     pub env: &'a [(&'a str, &'a str)],
     /// Variables removed from the daemon's environment.
     pub env_remove: &'a [&'a str],
+    /// Extra arguments of `runnel up`.
+    pub args: &'a [&'a str],
 }
 
 impl World {
@@ -122,6 +124,7 @@ impl World {
             .arg("--api-address=127.0.0.1:0")
             .arg(format!("--frontend-address={frontend}"))
             .arg(format!("--startup-deadline={}", how.startup_deadline.unwrap_or(5)));
+        cmd.args(how.args);
         scrub(&mut cmd);
         for k in how.env_remove {
             cmd.env_remove(k);

@@ -1,9 +1,12 @@
 //! A deployed service runs and answers at its URL with Cloud Run's container contract; two
-//! services listen on the same port at once, each in its own sandbox.
+//! services listen on the same port at once, each in its own sandbox; without sandboxes
+//! (`--isolation=none`) a service still serves, and the daemon says it is insecure.
 
 use serde_json::{Value, json};
 
-use crate::harness::{REGION, Start, World, processes_with, uid, unique};
+use std::time::Duration;
+
+use crate::harness::{REGION, Start, World, eventually, processes_with, uid, unique};
 use crate::http;
 
 fn condition<'a>(conditions: &'a Value, kind: &str) -> &'a Value {
@@ -150,4 +153,55 @@ fn two_services_listen_on_8080_at_once_and_each_answers_with_its_own_name() {
     if uid(std::process::id()) == Some(0) {
         assert_ne!(ua, ub, "two instances share a uid");
     }
+}
+
+/// `--isolation=none`, for machines without namespaces: the daemon says at start that nothing
+/// separates instances, and a service still deploys and answers with Cloud Run's contract (on a
+/// free loopback port as `PORT`: bare instances cannot each have 8080), with none of the
+/// daemon's environment, and ends with the daemon.
+#[test]
+fn without_isolation_the_daemon_warns_and_a_service_still_serves_with_the_contract() {
+    let world = World::new();
+    let secret = unique("daemon-secret");
+    let mut daemon = world.start(&Start {
+        args: &["--isolation=none"],
+        env: &[("RUNNEL_SECRET_MARKER", &secret)],
+        ..Start::default()
+    });
+    let logs = daemon.logs();
+    assert!(
+        logs.contains("WARNING: --isolation=none: instances run WITHOUT a sandbox")
+            && logs.contains("Never run untrusted code this way."),
+        "{logs}"
+    );
+    let marker = unique("bare");
+    let out = world.deploy("bare", &marker, &[]);
+    let svc = world.service("bare");
+    assert!(out.stdout.starts_with(&format!("Service [bare] revision [{}] has been deployed", svc.revision)), "{out}");
+
+    let body = http::get(daemon.frontend, &svc.authority, "/").ok_json();
+    assert_eq!(
+        (&body["service"], &body["revision"], &body["marker"]),
+        (&json!("bare"), &json!(svc.revision), &json!(marker))
+    );
+    let port: u16 = body["port"].as_str().and_then(|p| p.parse().ok()).unwrap_or_else(|| panic!("PORT {body}"));
+    assert!(port > 0, "{body}");
+
+    let seen =
+        http::try_request(daemon.frontend, &svc.authority, "POST", "/check", &[], br#"{"ports": [], "paths": []}"#)
+            .expect("POST /check")
+            .ok_json();
+    let env = seen["env"].as_object().expect("the instance's environment");
+    assert!(
+        !env.values().any(|v| v.as_str().is_some_and(|v| v.contains(&secret))),
+        "the daemon's environment leaked: {seen}"
+    );
+    assert_eq!(env.get("K_SERVICE"), Some(&json!("bare")));
+
+    assert_eq!(processes_with(&marker).len(), 1, "one instance process runs the app");
+    let (status, _, _) = daemon.stop();
+    assert!(status.success(), "{status}\n{}", daemon.logs());
+    eventually("the instance to end with the daemon", Duration::from_secs(5), || {
+        processes_with(&marker).is_empty().then_some(())
+    });
 }
