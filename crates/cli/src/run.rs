@@ -329,8 +329,9 @@ async fn logs(client: &Client, format: Format, region: &str, cmd: LogsCmd) -> Re
             // complete.
             eprintln!(
                 "WARNING: more than {TAIL_BATCH} lines arrived within {} ms; some of them were not shown. \
-                 `runnel run services logs read {service} --limit N` reads up to 10000.",
-                TAIL_EVERY.as_millis()
+                 `runnel run services logs read {service}{} --limit N` reads up to 10000.",
+                TAIL_EVERY.as_millis(),
+                if requests { " --requests" } else { "" }
             );
         }
         if start < entries.len() {

@@ -265,7 +265,11 @@ impl LogStore {
             self.shared.flush_locked();
             let generations = [path.with_extension("jsonl.1"), path.clone()].map(|p| Generation::open(&p));
             let last = attempt == READ_ATTEMPTS;
-            let _writing = if last { Some(writing) } else { None };
+            if !last {
+                // Read with the writer free. (Moved into an `if` expression instead, the guard
+                // would stay held to the end of the iteration whenever it was not moved.)
+                drop(writing);
+            }
             let records = read_tail(&generations, limit);
             if last || generations.iter().flatten().all(Generation::still_named) {
                 return records;
@@ -536,6 +540,8 @@ fn read_tail(generations: &[Option<Generation>], limit: usize) -> Vec<serde_json
         if newest_first.len() >= limit {
             break;
         }
+        // A read that fails (the file shrank: a rotation unlinked it and the writer is releasing
+        // it) ends this generation early; `read` sees it unlinked and reads again.
         let _ = lines_backwards(generation, |line| {
             if let Ok(record) = serde_json::from_slice(line) {
                 newest_first.push(record);
@@ -790,12 +796,12 @@ mod tests {
 
     #[test]
     fn a_read_while_lines_arrive_and_files_rotate_sees_every_line_once_and_in_order() {
-        use std::sync::atomic::{AtomicI64, Ordering};
+        use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
         let dir = tempfile::tempdir().unwrap();
         // About 60 lines a generation: a rotation every few batches.
         let logs = LogStore::new(dir.path().to_path_buf(), 1000);
         let acknowledged = AtomicI64::new(-1);
-        let stop = std::sync::atomic::AtomicBool::new(false);
+        let stop = AtomicBool::new(false);
         std::thread::scope(|scope| {
             scope.spawn(|| {
                 let mut n = 0;
